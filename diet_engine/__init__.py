@@ -1,0 +1,1 @@
+"""DIET engine: continual dataset distillation for recommender systems (PyTorch, no web/SQL/Celery)."""
