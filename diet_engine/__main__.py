@@ -1,0 +1,3 @@
+from diet_engine.cli import app
+
+app()

@@ -1,0 +1,108 @@
+"""The two artifacts of a dataset version, written and read back bit for bit.
+
+* `synthetic.parquet`: one row per distilled row — `stage` (int32), `embedding`
+  (fixed-size list of F×D float32, row-major [field, dim]) and one float32
+  column `logit_<task>` per task. The file's metadata says F, D and the tasks.
+* `reference.safetensors`: the reference checkpoint (embedding tables and dense
+  weights) with its model name, architecture, schema, stage and the number of
+  historical rows seen in the metadata. No pickles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from diet_engine.models import build_model
+from diet_engine.models.base import CTRModel, ModelConfig
+from diet_engine.schema import StreamSchema
+from diet_engine.synthetic import SyntheticSet
+
+SYNTHETIC = "synthetic.parquet"
+REFERENCE = "reference.safetensors"
+
+
+def save_synthetic(path: Path, syn: SyntheticSet, tasks: list[str]) -> None:
+    n, f, d = syn.emb.shape
+    flat = pa.array(syn.emb.detach().cpu().contiguous().reshape(-1).numpy().astype(np.float32))
+    columns = {
+        "stage": pa.array(syn.stage.cpu().numpy().astype(np.int32)),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, f * d),
+    }
+    logits = syn.logits.detach().cpu().numpy().astype(np.float32)
+    for j, task in enumerate(tasks):
+        columns[f"logit_{task}"] = pa.array(logits[:, j])
+    meta = {"diet.fields": str(f), "diet.dim": str(d), "diet.tasks": json.dumps(tasks)}
+    table = pa.table(columns).replace_schema_metadata(meta)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
+
+
+def load_synthetic(path: Path) -> tuple[SyntheticSet, list[str]]:
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    f, d, tasks = int(meta["diet.fields"]), int(meta["diet.dim"]), json.loads(meta["diet.tasks"])
+    n = table.num_rows
+    emb = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    logits = np.stack([table.column(f"logit_{t}").to_numpy() for t in tasks], axis=1) if n else np.empty((0, len(tasks)))
+    syn = SyntheticSet(
+        torch.from_numpy(emb.astype(np.float32).reshape(n, f, d)),
+        torch.from_numpy(logits.astype(np.float32)),
+        torch.from_numpy(table.column("stage").to_numpy().astype(np.int64)),
+    )
+    return syn, tasks
+
+
+@dataclass
+class ReferenceInfo:
+    model: str
+    arch: ModelConfig
+    schema: StreamSchema
+    stage: int
+    history_rows: int
+
+
+def save_reference(path: Path, model: CTRModel, arch: ModelConfig, stage: int, history_rows: int) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "diet.model": model.name,
+        "diet.arch": arch.model_dump_json(),
+        "diet.schema": model.schema.model_dump_json(),
+        "diet.stage": str(stage),
+        "diet.history_rows": str(history_rows),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def reference_info(path: Path) -> ReferenceInfo:
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    return ReferenceInfo(
+        model=meta["diet.model"],
+        arch=ModelConfig.model_validate_json(meta["diet.arch"]),
+        schema=StreamSchema.model_validate_json(meta["diet.schema"]),
+        stage=int(meta["diet.stage"]),
+        history_rows=int(meta["diet.history_rows"]),
+    )
+
+
+def load_reference(path: Path) -> tuple[CTRModel, ReferenceInfo]:
+    info = reference_info(path)
+    model = build_model(info.model, info.schema, info.arch)
+    model.load_state_dict(load_file(str(path)))
+    return model, info
+
+
+def load_embedding_tables(path: Path) -> dict[str, torch.Tensor]:
+    """Only the sparse part of a reference checkpoint (what a candidate inherits)."""
+    return {k.removeprefix("embedding."): v for k, v in load_file(str(path)).items() if k.startswith("embedding.")}

@@ -1,0 +1,221 @@
+"""The paper's evaluation (§5.1-5.2) on one converted stream: methods × models.
+
+Per seed: the reference model is trained continually over the historical
+blocks (one checkpoint per stage); every reduced-data method builds its
+history set from those checkpoints; every (method, model) cell trains a
+candidate by the shared protocol and is tested. Results are means over seeds
+with the per-seed values kept.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+from scipy.stats import kendalltau
+
+from diet_engine.candidate import train_candidate
+from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
+from diet_engine.convert import convert_ml100k, is_ml100k_dir, load_split_dir
+from diet_engine.data import TensorBlock
+from diet_engine.distill import distill_in_memory
+from diet_engine.models import MODELS
+from diet_engine.models.base import CTRModel
+from diet_engine.reference import continue_reference, new_reference
+from diet_engine.schema import StreamSchema
+from diet_engine.selection import SELECTION_METHODS, selected_rows
+from diet_engine.synthetic import SyntheticSet
+from diet_engine.training import evaluate
+
+DATA_METHODS = ("full", "cold", "warmup")
+ALL_METHODS = (*DATA_METHODS, *SELECTION_METHODS, "diet")
+REDUCED_METHODS = ("warmup", *SELECTION_METHODS, "diet")
+
+
+class BenchConfig(BaseModel):
+    data: Path
+    out: Path
+    methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS))
+    models: list[str] = Field(default_factory=lambda: list(MODELS))
+    ratio: float = Field(default=0.02, gt=0, le=1)
+    seed: int = 0
+    seeds: int = Field(default=1, ge=1)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    candidate: CandidateConfig = Field(default_factory=CandidateConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+
+
+class Splits:
+    """A converted stream in memory: historical blocks, subsequent, valid, test."""
+
+    def __init__(self, schema: StreamSchema, root: Path) -> None:
+        layout = schema.splits
+        self.schema = schema
+        self.history = [TensorBlock.load(root / f"{n}.parquet", schema) for n in layout.history]
+        self.subsequent = TensorBlock.load(root / f"{layout.subsequent}.parquet", schema)
+        self.valid = TensorBlock.load(root / f"{layout.valid}.parquet", schema)
+        self.test = TensorBlock.load(root / f"{layout.test}.parquet", schema)
+
+    @property
+    def history_rows(self) -> int:
+        return sum(len(b) for b in self.history)
+
+
+def prepare_data(data: Path, out: Path) -> tuple[StreamSchema, Path]:
+    """A converted directory as it is; the raw ML-100K folder converted once under `out`."""
+    if (data / "schema.json").is_file():
+        return load_split_dir(data), data
+    if is_ml100k_dir(data):
+        converted = out / "data"
+        if not (converted / "schema.json").is_file():
+            convert_ml100k(data, converted)
+        return load_split_dir(converted), converted
+    raise ValueError(f"{data} holds neither schema.json (a converted stream) nor raw MovieLens-100K files")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def embedding_state(model: CTRModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.embedding.state_dict().items()}
+
+
+def history_sets(
+    methods: list[str], splits: Splits, refs: list[CTRModel], ratio: float, distill: DistillConfig, seed: int,
+    phases: dict,
+) -> dict[str, SyntheticSet]:
+    """The history each reduced-data method hands a candidate, built stage by stage."""
+    sets: dict[str, SyntheticSet] = {}
+    for method in methods:
+        if method in SELECTION_METHODS:
+            t0 = time.perf_counter()
+            parts = [selected_rows(method, refs[t], block, t, ratio, seed) for t, block in enumerate(splits.history, 1)]
+            sets[method] = SyntheticSet.concat(parts)
+            phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+        elif method == "diet":
+            t0 = time.perf_counter()
+            cfg = distill.model_copy(update={"ratio": ratio, "seed": seed})
+            syn, seen, stages = None, 0, []
+            for t, block in enumerate(splits.history, 1):
+                seen += len(block)
+                syn, metrics = distill_in_memory(block, t, refs[t - 1], refs[t], syn, seen, cfg)
+                stages.append(metrics)
+            sets[method] = syn
+            phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "stages": stages}
+    return sets
+
+
+def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int) -> dict:
+    final_embedding = embedding_state(refs[-1])
+    kwargs: dict = {}
+    if method == "full":
+        finetune, history_rows = [*splits.history, splits.subsequent], splits.history_rows
+    elif method == "cold":
+        finetune, history_rows = [splits.subsequent], 0
+    elif method == "warmup":
+        finetune, history_rows = [splits.subsequent], 0
+        kwargs["embeddings"] = final_embedding
+    else:
+        finetune, history_rows = [splits.subsequent], len(sets[method])
+        kwargs.update(embeddings=final_embedding, distilled=sets[method])
+    t0 = time.perf_counter()
+    run = train_candidate(model, splits.schema, finetune=finetune, valid=splits.valid, cfg=cfg.candidate, seed=seed, **kwargs)
+    seconds = time.perf_counter() - t0
+    test = evaluate(run.model, splits.test)
+    return {"auc": test.mean_auc, "logloss": test.mean_logloss, "train_seconds": seconds, "history_rows": history_rows,
+            "auc_tasks": test.auc, "best_epoch": run.best_epoch}
+
+
+def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str]) -> dict:
+    """Means over seeds per cell, Kendall τ vs full and the share of the cold→full gap recovered."""
+    results = {}
+    for m in methods:
+        results[m] = {}
+        for model in models:
+            runs = cells[m][model]
+            aucs, lls = [r["auc"] for r in runs], [r["logloss"] for r in runs]
+            results[m][model] = {
+                "auc": statistics.fmean(aucs),
+                "logloss": statistics.fmean(lls),
+                "auc_std": statistics.pstdev(aucs),
+                "logloss_std": statistics.pstdev(lls),
+                "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+                "history_rows": runs[0]["history_rows"],
+                "auc_seeds": aucs,
+                "logloss_seeds": lls,
+            }
+    n_seeds = len(next(iter(next(iter(cells.values())).values())))
+    mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
+    seed_auc = [{m: {k: cells[m][k][s]["auc"] for k in models} for m in methods} for s in range(n_seeds)]
+    return {
+        "results": results,
+        "kendall_tau": agreement(mean_auc, models),
+        "gap_recovered": gap(mean_auc, models),
+        "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
+        "gap_recovered_seeds": [gap(a, models) for a in seed_auc],
+    }
+
+
+def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
+    """Kendall τ between each method's model ranking (by test AUC) and full data's."""
+    if "full" not in auc or len(models) < 2:
+        return {}
+    ref = [auc["full"][k] for k in models]
+    return {m: float(kendalltau(ref, [auc[m][k] for k in models]).statistic) for m in auc}
+
+
+def gap(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
+    """(AUC_m − AUC_cold) / (AUC_full − AUC_cold), averaged over models."""
+    if "full" not in auc or "cold" not in auc:
+        return {}
+    out = {}
+    for m in auc:
+        shares = [(auc[m][k] - auc["cold"][k]) / (auc["full"][k] - auc["cold"][k]) for k in models if auc["full"][k] != auc["cold"][k]]
+        out[m] = statistics.fmean(shares) if shares else float("nan")
+    return out
+
+
+def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) -> dict:
+    unknown = sorted(set(cfg.methods) - set(ALL_METHODS)) + sorted(set(cfg.models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown methods/models: {unknown}; methods {ALL_METHODS}, models {tuple(MODELS)}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    schema, root = prepare_data(cfg.data, cfg.out)
+    splits = Splits(schema, root)
+    cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in cfg.models} for m in cfg.methods}
+    phases: list[dict] = []
+    for s in range(cfg.seeds):
+        seed = cfg.seed + s
+        phase: dict = {"seed": seed}
+        t0 = time.perf_counter()
+        ref_cfg = cfg.reference.model_copy(update={"seed": seed})
+        refs = [new_reference(schema, ref_cfg)]
+        for t, block in enumerate(splits.history, 1):
+            refs.append(continue_reference(refs[-1], block, ref_cfg, t))
+        phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+        sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase)
+        for method in cfg.methods:
+            for model in cfg.models:
+                cells[method][model].append(run_cell(method, model, splits, refs, sets, cfg, seed))
+                if on_cell:
+                    on_cell(f"seed {seed} {method}/{model}")
+        phases.append(phase)
+    summary = summarise(cells, cfg.methods, cfg.models)
+    out = {
+        "dataset": schema.name,
+        "ratio": cfg.ratio,
+        "seeds": [cfg.seed + s for s in range(cfg.seeds)],
+        **summary,
+        "history_rows": splits.history_rows,
+        "phases": phases,
+        "config": json.loads(cfg.model_dump_json(exclude={"data", "out"})),
+    }
+    (cfg.out / "results.json").write_text(json.dumps(out, indent=2))
+    return out

@@ -1,0 +1,74 @@
+"""Candidate training: how a new architecture consumes history (paper §4.2.2).
+
+With a distilled (or selected) set, the candidate inherits the reference
+embedding tables, trains its dense part on the set's embeddings with soft
+labels for up to `distilled_epochs` epochs keeping the best epoch on
+validation, then fine-tunes the whole model for one epoch on each block of
+`finetune` (the subsequent block). Without a set it is one of the data
+baselines: full history, cold start, or warm-up start.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from diet_engine.config import CandidateConfig, TrainConfig
+from diet_engine.data import Block, TensorBlock
+from diet_engine.models import build_model
+from diet_engine.models.base import CTRModel
+from diet_engine.schema import StreamSchema
+from diet_engine.synthetic import SyntheticSet
+from diet_engine.training import evaluate, generator, make_optimizer, train_real_epoch, train_soft_epoch
+
+
+@dataclass
+class CandidateRun:
+    model: CTRModel
+    valid_auc: list[float] = field(default_factory=list)  # after each distilled epoch
+    best_epoch: int | None = None
+
+
+def train_candidate(
+    model: str | CTRModel,
+    schema: StreamSchema,
+    *,
+    finetune: list[Block],
+    valid: TensorBlock,
+    cfg: CandidateConfig,
+    seed: int,
+    embeddings: dict[str, torch.Tensor] | None = None,
+    distilled: SyntheticSet | None = None,
+    device: str = "cpu",
+) -> CandidateRun:
+    if isinstance(model, str):
+        torch.manual_seed(seed)
+        model = build_model(model, schema, cfg.arch)
+    model = model.to(device)
+    if embeddings is not None:
+        model.embedding.load_state_dict(embeddings)
+    run = CandidateRun(model)
+    gen = generator(seed)
+    if distilled is not None and len(distilled):
+        _fit_dense_on_distilled(run, distilled, valid, cfg, gen, device)
+    opt = make_optimizer(model, cfg.train)
+    for block in finetune:
+        train_real_epoch(model, block, opt, cfg.train.batch_size, gen, device)
+    return run
+
+
+def _fit_dense_on_distilled(
+    run: CandidateRun, syn: SyntheticSet, valid: TensorBlock, cfg: CandidateConfig, gen: torch.Generator, device: str
+) -> None:
+    model = run.model
+    opt = make_optimizer(model, TrainConfig(lr=cfg.distilled_lr), dense_only=True)
+    best_auc, best_state = -1.0, None
+    for epoch in range(cfg.distilled_epochs):
+        train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+        auc = evaluate(model, valid, device).mean_auc
+        run.valid_auc.append(auc)
+        if auc > best_auc:
+            best_auc, best_state, run.best_epoch = auc, copy.deepcopy(model.dense.state_dict()), epoch
+    model.dense.load_state_dict(best_state)

@@ -1,0 +1,76 @@
+"""Every knob of reference training, distillation and candidate training, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from diet_engine.models.base import ModelConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(_Config):
+    """Adam on a model; embeddings may take their own learning rate."""
+
+    lr: float = Field(default=1e-3, gt=0)
+    embedding_lr: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=256, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class ReferenceConfig(_Config):
+    """The continually trained reference model that distillation follows."""
+
+    model: str = "dcn"
+    arch: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+
+
+class DistillConfig(_Config):
+    """DIET per stage (DESIGN.md §4). Sizes are fractions of real rows unless named *_rows."""
+
+    ratio: float = Field(default=0.02, gt=0, le=1, description="distilled rows / historical rows")
+    # boundary initialisation
+    el2n_percentile: float = Field(default=0.9, gt=0, lt=1)
+    # memory fusion: share of the previous synthetic set kept, by influence
+    memory_fusion: bool = True
+    memory_keep: float = Field(default=0.75, ge=0, le=1)
+    # addressing
+    target_selection: bool = True
+    memory_selection: bool = True
+    hard_ratio: float = Field(default=0.1, gt=0, le=1)
+    target_pool_rows: int = Field(default=20_000, ge=1)
+    address_every: int = Field(default=5, ge=1)
+    influence_params: Literal["head", "dense"] = "dense"
+    # bi-level optimisation
+    outer_iters: int = Field(default=100, ge=0)
+    inner_steps: int = Field(default=10, ge=1)
+    window: int = Field(default=5, ge=1)
+    inner_batch: int = Field(default=64, ge=1)
+    inner_lr: float = Field(default=0.05, gt=0)
+    outer_batch: int = Field(default=1024, ge=1)
+    lr_embedding: float = Field(default=1e-3, gt=0)
+    lr_logits: float = Field(default=1e-2, gt=0)
+    temperature: float = Field(default=1.0, gt=0)
+    seed: int = 0
+
+    @property
+    def active_rows(self) -> int:
+        """|A| = truncation window x inner steps (paper, appendix A.3)."""
+        return self.window * self.inner_steps
+
+
+class CandidateConfig(_Config):
+    """The consumer protocol (paper §4.2.2 / §5.1.4) shared by every reduced-data method."""
+
+    arch: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distilled_epochs: int = Field(default=8, ge=1)
+    distilled_batch: int = Field(default=64, ge=1)
+    distilled_lr: float = Field(default=1e-3, gt=0)
+    temperature: float = Field(default=1.0, gt=0)

@@ -1,0 +1,60 @@
+"""Selection baselines (paper §5.1.3): which real rows of a historical block to keep.
+
+Each rule returns row indices; `selected_rows` turns them into the same
+embedding–soft-label form DIET produces, under the stage's reference
+checkpoint, so every method is trained by one candidate protocol.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.metrics import pairwise_distances_argmin
+from torch import Tensor
+
+from diet_engine.boundary import boundary_select
+from diet_engine.data import TensorBlock
+from diet_engine.models.base import CTRModel
+from diet_engine.synthetic import SyntheticSet
+from diet_engine.training import el2n_scores, embed_rows
+
+SELECTION_METHODS = ("random", "el2n", "kmeans")
+
+
+def budget_of(rows: int, ratio: float) -> int:
+    return max(1, round(ratio * rows)) if rows else 0
+
+
+def select_random(n: int, k: int, seed: int) -> Tensor:
+    return torch.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]).values
+
+
+def select_el2n(rows: SyntheticSet, labels: Tensor, k: int, percentile: float = 0.9) -> Tensor:
+    """Label-conditioned EL2N around the percentile (the same rule as DIET's boundary init)."""
+    return boundary_select(el2n_scores(rows.logits, labels), labels, k, percentile)
+
+
+def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
+    """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid."""
+    x = rows.emb.reshape(len(rows), -1).numpy().astype(np.float64)
+    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=4096, max_iter=50).fit(x)
+    nearest = pairwise_distances_argmin(km.cluster_centers_, x)
+    return torch.from_numpy(np.unique(nearest)).long()
+
+
+def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int) -> SyntheticSet:
+    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint."""
+    rows = embed_rows(reference, block)
+    k = budget_of(len(block), ratio)
+    if method == "random":
+        idx = select_random(len(block), k, seed * 7919 + stage)
+    elif method == "el2n":
+        idx = select_el2n(rows, block.labels, k)
+    elif method == "kmeans":
+        idx = select_kmeans(rows, k, seed * 7919 + stage)
+    else:
+        raise ValueError(f"unknown selection method {method!r}; one of {SELECTION_METHODS}")
+    out = rows.take(idx)
+    out.stage[:] = stage
+    return out

@@ -1,0 +1,127 @@
+"""Training and inference loops shared by reference, baselines and candidates.
+
+Models only map inputs to logits; losses, optimisers and devices live here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diet_engine.config import TrainConfig
+from diet_engine.data import Batch, Block, TensorBlock
+from diet_engine.metrics import TaskMetrics, task_metrics
+from diet_engine.models.base import CTRModel
+from diet_engine.synthetic import SyntheticSet
+
+EVAL_BATCH = 8192
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) -> torch.optim.Adam:
+    groups = [{"params": model.dense_parameters(), "lr": cfg.lr}]
+    if not dense_only:
+        groups.append({"params": model.embedding_parameters(), "lr": cfg.embedding_lr or cfg.lr})
+    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
+def bce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over rows, summed over tasks: the paper's multi-task risk (eq. 2)."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1).mean()
+
+
+def soft_targets(logits: Tensor, temperature: float) -> Tensor:
+    return torch.sigmoid(logits / temperature)
+
+
+def train_real_epoch(
+    model: CTRModel,
+    block: Block,
+    opt: torch.optim.Optimizer,
+    batch_size: int,
+    gen: torch.Generator,
+    device: str = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """One pass over real rows with hard labels; returns the mean loss."""
+    model.train()
+    total, seen = 0.0, 0
+    for step, batch in enumerate(block.batches(batch_size, shuffle=True, generator=gen)):
+        batch = batch.to(device)
+        loss = bce(model(batch.cat, batch.num), batch.labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(batch)
+        seen += len(batch)
+        if on_step:
+            on_step(step, loss.item())
+    return total / max(seen, 1)
+
+
+def train_soft_epoch(
+    model: CTRModel,
+    syn: SyntheticSet,
+    opt: torch.optim.Optimizer,
+    batch_size: int,
+    gen: torch.Generator,
+    temperature: float = 1.0,
+    device: str = "cpu",
+) -> float:
+    """One pass of the dense part over synthetic embeddings with soft labels."""
+    model.train()
+    total = 0.0
+    for part in syn.batches(batch_size, shuffle=True, generator=gen):
+        part = part.to(device)
+        loss = bce(model.dense(part.emb), soft_targets(part.logits, temperature))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(part)
+    return total / max(len(syn), 1)
+
+
+@torch.no_grad()
+def predict_logits(model: CTRModel, block: Block, device: str = "cpu") -> Tensor:
+    model.eval()
+    out = [model(b.cat.to(device), b.num.to(device)).float().cpu() for b in block.batches(EVAL_BATCH)]
+    return torch.cat(out) if out else torch.empty(0, model.schema.num_tasks)
+
+
+@torch.no_grad()
+def embed_rows(model: CTRModel, block: TensorBlock, device: str = "cpu") -> SyntheticSet:
+    """Rows as (field embeddings, teacher logits) under `model`: the embedding–soft-label form (eq. 8)."""
+    model.eval()
+    embs, logits = [], []
+    for b in block.batches(EVAL_BATCH):
+        e = model.embedding(b.cat.to(device), b.num.to(device))
+        embs.append(e.cpu())
+        logits.append(model.dense(e).cpu())
+    return SyntheticSet(torch.cat(embs), torch.cat(logits), torch.zeros(len(block), dtype=torch.long))
+
+
+def evaluate(model: CTRModel, block: TensorBlock, device: str = "cpu") -> TaskMetrics:
+    probs = torch.sigmoid(predict_logits(model, block, device)).numpy()
+    return task_metrics(block.labels.numpy(), probs, model.schema.labels)
+
+
+def el2n_scores(logits: Tensor, labels: Tensor) -> Tensor:
+    """EL2N (Paul et al., 2021): the L2 norm over tasks of sigmoid(f(x)) - y (eq. 6)."""
+    return (torch.sigmoid(logits) - labels).norm(dim=-1)
+
+
+def all_rows(block: Block) -> Batch:
+    """Every row of a block as one batch (only for blocks known to fit in memory)."""
+    parts = list(block.batches(1 << 30))
+    return Batch(*(torch.cat([getattr(p, k) for p in parts]) for k in ("cat", "num", "labels")))
+
+
+def to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
