@@ -1,0 +1,190 @@
+"""One DIET stage, end to end (DESIGN.md §4).
+
+    reference update  -> boundary initialisation -> memory fusion -> bi-level optimisation
+
+`distill_in_memory` works on models and tensors (the benchmark shares
+reference checkpoints between methods); `distill_stage` is the same stage
+from files to files, as the service's worker runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
+from diet_engine.bilevel import optimise_memory
+from diet_engine.boundary import boundary_select
+from diet_engine.config import DistillConfig, ReferenceConfig
+from diet_engine.data import TensorBlock
+from diet_engine.influence import Influence
+from diet_engine.memory import fuse, fusion_weights
+from diet_engine.models.base import CTRModel
+from diet_engine.reference import continue_reference, new_reference
+from diet_engine.schema import StreamSchema
+from diet_engine.synthetic import SyntheticSet
+from diet_engine.training import el2n_scores, embed_rows
+
+STAGE_JSON = "stage.json"
+
+
+class StageProgress(BaseModel):
+    phase: str
+    step: int
+    total: int
+    losses: dict[str, float] = Field(default_factory=dict)
+
+
+ProgressFn = Callable[[StageProgress], None]
+
+
+class StageResult(BaseModel):
+    stage: int
+    rows: int
+    new_rows: int
+    kept_rows: int
+    history_rows: int
+    ratio: float
+    files: dict[str, str]
+    metrics: dict
+
+
+def memory_budget(history_rows: int, previous_rows: int, cfg: DistillConfig) -> tuple[int, int]:
+    """(new rows from this block, rows kept from the previous set); together ratio × history."""
+    cap = max(1, round(cfg.ratio * history_rows))
+    kept = min(previous_rows, int(cfg.memory_keep * previous_rows), cap) if cfg.memory_fusion else 0
+    return cap - kept, kept
+
+
+def distill_in_memory(
+    block: TensorBlock,
+    stage: int,
+    reference_prev: CTRModel,
+    reference: CTRModel,
+    previous: SyntheticSet | None,
+    history_rows: int,
+    cfg: DistillConfig,
+    progress: ProgressFn | None = None,
+) -> tuple[SyntheticSet, dict]:
+    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t and the stage's metrics."""
+    timings: dict[str, float] = {}
+    report = progress or (lambda p: None)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
+    previous = previous if previous is not None and len(previous) else None
+    n_new, n_keep = memory_budget(history_rows, len(previous) if previous else 0, cfg)
+
+    # 1. boundary initialisation: EL2N at checkpoint t, label-conditioned window
+    t0 = time.perf_counter()
+    report(StageProgress(phase="boundary", step=0, total=1))
+    rows = embed_rows(reference, block)
+    chosen = boundary_select(el2n_scores(rows.logits, block.labels), block.labels, n_new, cfg.el2n_percentile)
+    new = rows.take(chosen)
+    new.stage[:] = stage
+    timings["boundary_s"] = time.perf_counter() - t0
+
+    # 2. memory fusion: keep the previous rows best aligned with the new boundary
+    t0 = time.perf_counter()
+    if previous is not None and n_keep:
+        report(StageProgress(phase="fusion", step=0, total=1))
+        weights = fusion_weights(Influence(reference.dense.eval(), cfg.influence_params), previous, new.emb, block.labels[chosen], cfg.temperature)
+        syn = fuse(previous, weights, n_keep, new)
+    else:
+        syn = new
+    timings["fusion_s"] = time.perf_counter() - t0
+
+    # 3. bi-level optimisation against a pool of the block's real rows (embedded with φ_t)
+    t0 = time.perf_counter()
+    pool = torch.randperm(len(block), generator=gen)[: cfg.target_pool_rows]
+
+    def on_iter(i: int, loss: float) -> None:
+        report(StageProgress(phase="optimise", step=i + 1, total=cfg.outer_iters, losses={"outer": loss}))
+
+    syn, log = optimise_memory(syn, _frozen_copy(reference_prev), rows.emb[pool], block.labels[pool], cfg, on_iter)
+    timings["optimise_s"] = time.perf_counter() - t0
+
+    metrics = {
+        "timings": timings,
+        "new_rows": len(new),
+        "kept_rows": len(syn) - len(new),
+        "active_rows": log.active_rows,
+        "hard_rows": log.hard_rows,
+        "outer_loss": log.outer_loss,
+        "hard_loss_start": log.hard_loss_start,
+    }
+    return syn, metrics
+
+
+def _frozen_copy(model: CTRModel) -> torch.nn.Module:
+    dense = copy.deepcopy(model.dense).eval()
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    return dense
+
+
+def distill_stage(
+    schema: StreamSchema,
+    block_path: Path,
+    stage: int,
+    out_dir: Path,
+    *,
+    previous: Path | None,
+    reference: ReferenceConfig,
+    config: DistillConfig,
+    progress: ProgressFn | None = None,
+    device: str = "cpu",
+) -> StageResult:
+    """Stage t from files: block t's Parquet and the stage t-1 version's artifacts (None at t = 1)."""
+    if stage < 1:
+        raise ValueError("stages count from 1")
+    if (previous is None) != (stage == 1):
+        raise ValueError(f"stage {stage} needs {'no' if stage == 1 else 'the previous'} dataset version")
+    report = progress or (lambda p: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    history = None
+    if previous is None:
+        ref_prev, seen = new_reference(schema, reference), 0
+    else:
+        ref_prev, info = load_reference(previous / REFERENCE)
+        if info.stage != stage - 1:
+            raise ValueError(f"previous version is stage {info.stage}, expected {stage - 1}")
+        seen = info.history_rows
+        history, _ = load_synthetic(previous / SYNTHETIC)
+
+    block = TensorBlock.load(block_path, schema)
+    t0 = time.perf_counter()
+    total_steps = -(-len(block) // reference.train.batch_size)
+
+    def on_step(step: int, loss: float) -> None:
+        if step % 20 == 0 or step + 1 == total_steps:
+            report(StageProgress(phase="reference", step=step + 1, total=total_steps, losses={"reference": loss}))
+
+    ref = continue_reference(ref_prev, block, reference, stage, device, on_step)
+    reference_s = time.perf_counter() - t0
+
+    history_rows = seen + len(block)
+    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report)
+    metrics["timings"] = {"reference_s": reference_s, **metrics["timings"], "total_s": time.perf_counter() - started}
+
+    save_synthetic(out_dir / SYNTHETIC, syn, schema.labels)
+    save_reference(out_dir / REFERENCE, ref, reference.arch, stage, history_rows)
+    result = StageResult(
+        stage=stage,
+        rows=len(syn),
+        new_rows=metrics["new_rows"],
+        kept_rows=metrics["kept_rows"],
+        history_rows=history_rows,
+        ratio=len(syn) / history_rows,
+        files={SYNTHETIC: SYNTHETIC, REFERENCE: REFERENCE, STAGE_JSON: STAGE_JSON},
+        metrics=metrics,
+    )
+    (out_dir / STAGE_JSON).write_text(json.dumps(result.model_dump(), indent=2))
+    report(StageProgress(phase="done", step=1, total=1))
+    return result

@@ -1,0 +1,156 @@
+"""Each DIET step on small data: influence, fusion, addressing, the bi-level step, a whole stage."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from diet_engine.addressing import address
+from diet_engine.artifacts import load_reference, load_synthetic
+from diet_engine.bilevel import RowAdam, inner_unroll, optimise_memory
+from diet_engine.config import DistillConfig, ReferenceConfig
+from diet_engine.distill import distill_stage, memory_budget
+from diet_engine.influence import Influence
+from diet_engine.memory import fuse, fusion_weights
+from diet_engine.models import ModelConfig, build_model
+from diet_engine.synthetic import SyntheticSet
+from diet_engine.training import bce
+
+from conftest import tiny_schema
+
+SMALL = ModelConfig(embedding_dim=4, hidden=[8], n_experts=2, expert_dim=4, tower_hidden=[4])
+
+
+def tiny_model(seed: int = 0, name: str = "dcn"):
+    torch.manual_seed(seed)
+    return build_model(name, tiny_schema(), SMALL).eval()
+
+
+def explicit_gradients(dense, emb, targets):
+    rows = []
+    for i in range(emb.shape[0]):
+        dense.zero_grad()
+        bce(dense(emb[i : i + 1]), targets[i : i + 1]).backward()
+        rows.append(torch.cat([p.grad.flatten().clone() for p in dense.parameters()]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("name", ["dcn", "wukong"])
+def test_jvp_scores_equal_explicit_gradient_dot_products(name):
+    dense = tiny_model(name=name).dense
+    g = torch.Generator().manual_seed(1)
+    emb_a, emb_b = torch.randn(7, 4, 4, generator=g), torch.randn(5, 4, 4, generator=g)
+    y_a, y_b = torch.randint(0, 2, (7, 2), generator=g).float(), torch.rand(5, 2, generator=g)
+    influence = Influence(dense)
+    scores = influence.scores(emb_a, y_a, influence.direction(emb_b, y_b))
+    ga, gb = explicit_gradients(dense, emb_a, y_a), explicit_gradients(dense, emb_b, y_b)
+    assert torch.allclose(scores, ga @ gb.sum(0), rtol=1e-3, atol=1e-4)  # float32 sums over ~50k terms
+
+
+def test_head_only_influence_uses_the_head_gradients():
+    dense = tiny_model().dense
+    emb, y = torch.randn(6, 4, 4), torch.randint(0, 2, (6, 2)).float()
+    influence = Influence(dense, "head")
+    head = [n for n, _ in dense.named_parameters() if n.startswith("head.")]
+    full = explicit_gradients(dense, emb, y)
+    offsets, start = {}, 0
+    for n, p in dense.named_parameters():
+        offsets[n] = slice(start, start + p.numel())
+        start += p.numel()
+    g_head = torch.cat([full[:, offsets[n]] for n in head], dim=1)
+    scores = influence.scores(emb, y, influence.direction(emb, y))
+    assert torch.allclose(scores, g_head @ g_head.sum(0), rtol=1e-3, atol=1e-4)
+
+
+def test_fusion_keeps_the_rows_aligned_with_the_new_boundary():
+    dense = tiny_model().dense
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(1, 4, 4, generator=g)
+    new_emb = base + 0.05 * torch.randn(20, 4, 4, generator=g)
+    new_y = torch.tensor([[1.0, 0.0]]).repeat(20, 1)
+    # history near the same inputs: half with soft labels like the new rows' (aligned), half the opposite
+    hist_emb = base + 0.05 * torch.randn(20, 4, 4, generator=g)
+    logits = torch.tensor([[6.0, -6.0]]).repeat(20, 1)
+    logits[::2] *= -1  # even rows opposed, odd rows aligned
+    history = SyntheticSet(hist_emb, logits, torch.ones(20, dtype=torch.long))
+    weights = fusion_weights(Influence(dense), history, new_emb, new_y)
+    assert (weights[1::2] > 0).all() and (weights[::2] < 0).all()
+    new = SyntheticSet(new_emb[:3], torch.zeros(3, 2), torch.full((3,), 2))
+    fused = fuse(history, weights, 10, new)
+    assert len(fused) == 13
+    assert torch.equal(fused.emb[:10], hist_emb[1::2])  # exactly the aligned half survives, in order
+    assert torch.equal(fused.stage[10:], torch.full((3,), 2))
+
+
+def test_addressing_picks_hard_targets_and_responsible_rows():
+    dense = tiny_model().dense
+    g = torch.Generator().manual_seed(3)
+    pool, pool_y = torch.randn(200, 4, 4, generator=g), torch.randint(0, 2, (200, 2), generator=g).float()
+    syn = SyntheticSet(torch.randn(40, 4, 4, generator=g), torch.randn(40, 2, generator=g), torch.ones(40, dtype=torch.long))
+    plan = address(Influence(dense), syn, pool, pool_y, hard_ratio=0.1, active_rows=8)
+    assert len(plan.hard) == 20 and len(plan.active) == 8
+    # the hard targets are the 10 % of smallest deficiency
+    assert plan.deficiency[plan.hard].max() <= plan.deficiency.sort().values[19] + 1e-9
+    off = address(Influence(dense), syn, pool, pool_y, 0.1, 8, select_targets=False, select_memory=False)
+    assert len(off.hard) == 200 and len(off.active) == 40
+
+
+def test_row_adam_moves_only_the_given_rows():
+    value = torch.zeros(5, 3)
+    opt = RowAdam(value, lr=0.1)
+    opt.step(torch.tensor([1, 3]), torch.ones(2, 3))
+    assert torch.allclose(value[[1, 3]], torch.full((2, 3), -0.1), atol=1e-6)
+    assert value[[0, 2, 4]].abs().sum() == 0
+    row3 = value[3].clone()
+    opt.step(torch.tensor([1]), torch.zeros(1, 3))  # momentum moves row 1 further, row 3 stays
+    assert torch.equal(value[3], row3) and (value[1] < -0.1).all()
+
+
+def test_outer_steps_lower_the_hard_target_loss():
+    model = tiny_model(seed=4)
+    dense = model.dense
+    g = torch.Generator().manual_seed(5)
+    pool = torch.randn(256, 4, 4, generator=g)
+    pool_y = (pool[:, 0, 0:2] > 0).float()  # a learnable target
+    syn = SyntheticSet(torch.randn(16, 4, 4, generator=g), torch.zeros(16, 2), torch.ones(16, dtype=torch.long))
+    # full unroll, full batches, all rows active, all pool rows targets: the meta-loss is deterministic
+    cfg = DistillConfig(inner_steps=4, window=4, inner_batch=16, inner_lr=0.5, outer_batch=256,
+                        target_selection=False, memory_selection=False, lr_embedding=0.05, lr_logits=0.1)
+    start = {k: v.detach() for k, v in dense.named_parameters()}
+
+    def meta_loss(s: SyntheticSet) -> float:
+        final = inner_unroll(dense, start, s.emb, s.logits, cfg, torch.Generator().manual_seed(0))
+        return bce(functional_call(dense, final, (pool,)), pool_y).item()
+
+    before = meta_loss(syn)
+    after_set, log = optimise_memory(syn, dense, pool, pool_y, cfg.model_copy(update={"outer_iters": 15}))
+    assert meta_loss(after_set) < before - 1e-3
+    assert log.outer_loss[-1] < log.outer_loss[0]
+    assert not torch.equal(after_set.emb, syn.emb) and torch.equal(after_set.stage, syn.stage)
+
+
+def test_memory_budget_keeps_the_ratio_of_history():
+    cfg = DistillConfig(ratio=0.02, memory_keep=0.75)
+    assert memory_budget(17_000, 0, cfg) == (340, 0)
+    new, kept = memory_budget(41_000, 340, cfg)
+    assert new + kept == 820 and kept == 255
+    off = cfg.model_copy(update={"memory_fusion": False})
+    assert memory_budget(41_000, 340, off) == (820, 0)
+
+
+def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
+    schema, root = tiny_stream
+    ref = ReferenceConfig(arch=SMALL)
+    cfg = DistillConfig(ratio=0.05, outer_iters=3, inner_steps=3, window=2, inner_batch=8, target_pool_rows=200)
+    seen = []
+    one = distill_stage(schema, root / "h1.parquet", 1, tmp_path / "v1", previous=None, reference=ref, config=cfg, progress=seen.append)
+    two = distill_stage(schema, root / "h2.parquet", 2, tmp_path / "v2", previous=tmp_path / "v1", reference=ref, config=cfg)
+    assert one.rows == 30 and two.history_rows == 1200 and two.rows == 60
+    assert two.kept_rows == 22 and two.new_rows == 38
+    assert {p.phase for p in seen} >= {"reference", "boundary", "optimise", "done"}
+    syn, tasks = load_synthetic(tmp_path / "v2" / "synthetic.parquet")
+    assert tasks == ["click", "buy"] and syn.emb.shape == (60, 4, 4)
+    assert sorted(set(syn.stage.tolist())) == [1, 2]
+    model, info = load_reference(tmp_path / "v2" / "reference.safetensors")
+    assert info.stage == 2 and info.history_rows == 1200 and info.model == "dcn"
+    with pytest.raises(ValueError, match="stage 1"):
+        distill_stage(schema, root / "h2.parquet", 3, tmp_path / "v3", previous=tmp_path / "v1", reference=ref, config=cfg)
