@@ -25,11 +25,31 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) -> torch.optim.Adam:
-    groups = [{"params": model.dense_parameters(), "lr": cfg.lr}]
-    if not dense_only:
-        groups.append({"params": model.embedding_parameters(), "lr": cfg.embedding_lr or cfg.lr})
-    return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+class Optimizers:
+    """Adam for dense weights plus lazy Adam (row-wise state) for the sparse embedding table."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
+        self.optimizers = optimizers
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) -> Optimizers:
+    dense = [{"params": model.dense_parameters(), "lr": cfg.lr}]
+    if dense_only:
+        return Optimizers(torch.optim.Adam(dense, weight_decay=cfg.weight_decay))
+    emb_lr = cfg.embedding_lr or cfg.lr
+    table = model.embedding.table.weight
+    others = [p for p in model.embedding_parameters() if p is not table]
+    if others:  # numeric-field vectors are dense
+        dense.append({"params": others, "lr": emb_lr})
+    return Optimizers(torch.optim.Adam(dense, weight_decay=cfg.weight_decay), torch.optim.SparseAdam([table], lr=emb_lr))
 
 
 def bce(logits: Tensor, targets: Tensor) -> Tensor:
@@ -44,7 +64,7 @@ def soft_targets(logits: Tensor, temperature: float) -> Tensor:
 def train_real_epoch(
     model: CTRModel,
     block: Block,
-    opt: torch.optim.Optimizer,
+    opt: Optimizers,
     batch_size: int,
     gen: torch.Generator,
     device: str = "cpu",
@@ -69,7 +89,7 @@ def train_real_epoch(
 def train_soft_epoch(
     model: CTRModel,
     syn: SyntheticSet,
-    opt: torch.optim.Optimizer,
+    opt: Optimizers,
     batch_size: int,
     gen: torch.Generator,
     temperature: float = 1.0,

@@ -53,6 +53,7 @@ def _model(name: str, schema: StreamSchema, **kw) -> CTRModel:
 
 
 def _nonzero_finite(t: torch.Tensor) -> bool:
+    t = t.to_dense() if t.is_sparse else t  # the embedding table's gradient is sparse
     return bool(torch.isfinite(t).all()) and bool(t.abs().sum() > 0)
 
 

@@ -39,7 +39,8 @@ class FieldEmbedding(nn.Module):
         sizes = [f.buckets for f in schema.fields]
         offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
-        self.table = nn.Embedding(sum(sizes), dim)
+        # sparse gradients: a step touches only the rows its batch looked up (lazy Adam in training.py)
+        self.table = nn.Embedding(sum(sizes), dim, sparse=True)
         self.numeric = nn.Parameter(torch.empty(len(schema.numeric), dim))
         self.dim = dim
         self.reset_parameters()
