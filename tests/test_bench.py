@@ -1,0 +1,56 @@
+"""The benchmark end to end on a small generated stream: its JSON contract and its determinism."""
+
+import json
+
+import pytest
+
+from diet_engine.bench import BenchConfig, agreement, gap, run_bench
+from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
+from diet_engine.models import ModelConfig
+
+ARCH = ModelConfig(embedding_dim=8, hidden=[16], n_experts=2, expert_dim=8, tower_hidden=[8])
+
+
+def small_config(data, out, **kw) -> BenchConfig:
+    return BenchConfig(
+        data=data, out=out, models=["dcn", "finalnet"], ratio=0.05,
+        reference=ReferenceConfig(arch=ARCH), candidate=CandidateConfig(arch=ARCH, distilled_epochs=2),
+        distill=DistillConfig(outer_iters=3, inner_steps=3, window=2, inner_batch=8, target_pool_rows=300), **kw,
+    )
+
+
+def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet"]
+    first = run_bench(small_config(root, tmp_path / "a", methods=methods, seeds=2))
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["dataset"] == "tiny" and saved["ratio"] == 0.05
+    assert set(saved["results"]) == set(methods)
+    for method in methods:
+        for model in ("dcn", "finalnet"):
+            cell = saved["results"][method][model]
+            assert {"auc", "logloss", "train_seconds", "history_rows"} <= set(cell)
+            assert len(cell["auc_seeds"]) == 2 and cell["auc"] == pytest.approx(sum(cell["auc_seeds"]) / 2)
+    rows = {m: saved["results"][m]["dcn"]["history_rows"] for m in methods}
+    assert rows["full"] == 1200 and rows["cold"] == rows["warmup"] == 0
+    assert all(rows[m] <= 0.05 * 1200 + 2 for m in ("random", "el2n", "kmeans", "diet"))
+    assert saved["kendall_tau"]["full"] == pytest.approx(1.0) and saved["gap_recovered"]["full"] == pytest.approx(1.0)
+    assert len(saved["kendall_tau_seeds"]) == 2
+    again = run_bench(small_config(root, tmp_path / "b", methods=methods, seeds=2))
+    for method in methods:
+        for model in ("dcn", "finalnet"):
+            assert again["results"][method][model]["auc_seeds"] == first["results"][method][model]["auc_seeds"]
+
+
+def test_unknown_methods_are_refused(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    with pytest.raises(ValueError, match="unknown"):
+        run_bench(small_config(root, tmp_path, methods=["full", "magic"]))
+
+
+def test_rank_agreement_and_gap():
+    auc = {"full": {"a": 0.7, "b": 0.6, "c": 0.65}, "cold": {"a": 0.6, "b": 0.5, "c": 0.55},
+           "x": {"a": 0.65, "b": 0.55, "c": 0.6}, "y": {"a": 0.55, "b": 0.65, "c": 0.6}}
+    tau = agreement(auc, ["a", "b", "c"])
+    assert tau["x"] == pytest.approx(1.0) and tau["y"] == pytest.approx(-1.0)
+    assert gap(auc, ["a", "b", "c"])["x"] == pytest.approx(0.5)
