@@ -4,7 +4,7 @@ from diet_engine.artifacts import load_embedding_tables, load_reference, load_sy
 from diet_engine.models import ModelConfig, build_model
 from diet_engine.synthetic import SyntheticSet
 
-from conftest import tiny_schema
+from engine_support import tiny_schema
 
 
 def test_synthetic_parquet_round_trips_bit_for_bit(tmp_path):

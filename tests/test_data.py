@@ -10,7 +10,7 @@ from diet_engine.convert import ML100K_SPLITS, load_split_dir
 from diet_engine.data import DataError, ParquetBlock, TensorBlock, block_stats, check_arrow_schema
 from diet_engine.hashing import hash_column, hash_value
 
-from conftest import generated_log, tiny_schema
+from engine_support import generated_log, tiny_schema
 
 
 def test_hash_is_the_documented_blake2b():

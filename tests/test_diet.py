@@ -15,7 +15,7 @@ from diet_engine.models import ModelConfig, build_model
 from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import bce
 
-from conftest import tiny_schema
+from engine_support import tiny_schema
 
 SMALL = ModelConfig(embedding_dim=4, hidden=[8], n_experts=2, expert_dim=4, tower_hidden=[4])
 
