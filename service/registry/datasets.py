@@ -1,0 +1,40 @@
+"""Dataset versions: immutable, numbered per stream, `latest` = the highest number."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.registry.paging import Page, paginate
+from service.registry.tables import DatasetVersion
+
+
+def artifact_prefix(stream: str, job_id: int) -> str:
+    """Where a job writes its artifacts (the version number is only known when it registers)."""
+    return f"datasets/{stream}/job-{job_id}"
+
+
+def get(session: Session, stream_id: int, number: int) -> DatasetVersion | None:
+    return session.scalar(
+        select(DatasetVersion).where(DatasetVersion.stream_id == stream_id, DatasetVersion.number == number)
+    )
+
+
+def latest(session: Session, stream_id: int, stage: int | None = None) -> DatasetVersion | None:
+    stmt = select(DatasetVersion).where(DatasetVersion.stream_id == stream_id)
+    if stage is not None:
+        stmt = stmt.where(DatasetVersion.stage == stage)
+    return session.scalar(stmt.order_by(DatasetVersion.number.desc()).limit(1))
+
+
+def next_number(session: Session, stream_id: int) -> int:
+    return (
+        session.scalar(select(func.max(DatasetVersion.number)).where(DatasetVersion.stream_id == stream_id)) or 0
+    ) + 1
+
+
+def page(session: Session, stream_id: int | None, limit: int, offset: int) -> Page[DatasetVersion]:
+    stmt = select(DatasetVersion).order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc())
+    if stream_id is not None:
+        stmt = stmt.where(DatasetVersion.stream_id == stream_id)
+    return paginate(session, stmt, limit, offset)
