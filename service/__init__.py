@@ -1,0 +1,1 @@
+"""The DIET HTTP service: API routes, the registry (SQL) and blob storage."""

@@ -1,0 +1,80 @@
+"""The FastAPI application.
+
+`create_app(settings)` builds it; deployments run `uvicorn --factory service.app:main`,
+which reads the `DIET_*` environment and logs JSON lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from service import logs, problems
+from service.metrics import Metrics, RequestMetricsMiddleware
+from service.registry import jobs
+from service.registry.db import Database
+from service.registry.tables import utcnow
+from service.routes import blocks, datasets, health, streams
+from service.routes import jobs as job_routes
+from service.settings import Settings, get_settings
+from service.storage import Storage
+from worker.queue import enqueue, make_celery, prepare_broker
+
+log = logging.getLogger(__name__)
+
+
+def resend_lost_jobs(app: FastAPI) -> list[int]:
+    """Send again every job the broker may have lost (duplicates are harmless: a worker claims a job once)."""
+    state = app.state
+    stale_before = utcnow() - timedelta(seconds=state.settings.job_stale_after_s)
+    with state.db.session() as session:
+        ids = jobs.to_resend(session, stale_before)
+    for job_id in ids:
+        enqueue(state.celery, job_id)
+    if ids:
+        log.info("re-sent jobs the broker may have lost", extra={"jobs": ids})
+    return ids
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:
+        await run_in_threadpool(resend_lost_jobs, app)
+    except Exception:  # the API must come up (and say "not ready") even while the broker or DB is down
+        log.exception("could not re-send queued jobs at start")
+    yield
+    app.state.db.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="DIET service",
+        summary="Continually distilled datasets beside a recommender's log stream",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings.database_url)
+    app.state.storage = Storage(settings.storage_url, settings.storage_options)
+    prepare_broker(settings)
+    app.state.celery = make_celery(settings)
+    app.state.metrics = Metrics(app.state.db)
+
+    problems.install(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    for module in (health, streams, blocks, job_routes, datasets):
+        app.include_router(module.router)
+    return app
+
+
+def main() -> FastAPI:
+    """The app as deployed: settings from the environment, structured logs."""
+    settings = get_settings()
+    logs.configure(settings.log_level)
+    return create_app(settings)

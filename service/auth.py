@@ -1,0 +1,64 @@
+"""Bearer tokens with scopes: ingest, distill, read, admin (admin may do everything).
+
+`DIET_BOOTSTRAP_TOKEN`, when set, is accepted as an admin token, so a fresh
+deployment (or a test) can start without a token in the database.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.deps import DatabaseDep, SettingsDep
+from service.problems import Problem
+from service.registry import tokens
+
+_bearer = HTTPBearer(auto_error=False, description="an API token (`diet tokens create`)")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_principal(
+    settings: SettingsDep,
+    db: DatabaseDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise _unauthorized("send an API token: 'Authorization: Bearer <token>'")
+    secret = credentials.credentials
+    bootstrap = settings.bootstrap_token
+    if bootstrap is not None and hmac.compare_digest(secret.encode(), bootstrap.get_secret_value().encode()):
+        return Principal("bootstrap", frozenset({"admin"}))
+    # A session of its own, closed at once: a long upload must not hold a registry transaction.
+    with db.session() as session:
+        token = tokens.find_active(session, secret)
+        if token is None:
+            raise _unauthorized("the API token is unknown or revoked")
+        return Principal(token.name, frozenset(token.scopes))
+
+
+def require(scope: str) -> Callable[..., Principal]:
+    """A dependency that admits tokens holding `scope` (or admin)."""
+
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.allows(scope):
+            raise Problem(403, f"this token lacks the '{scope}' scope (it has: {', '.join(sorted(principal.scopes))})")
+        return principal
+
+    return dependency

@@ -1,0 +1,107 @@
+"""The `diet` command: the engine's commands (diet_engine.cli) and the service's, `serve` and `tokens`.
+
+Heavy imports (the web stack, SQL) happen inside the commands, so `diet --help`
+and the engine's commands start quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from diet_engine.cli import app as engine_app
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+app = typer.Typer(help="DIET: continually distilled datasets for recommender systems.", no_args_is_help=True)
+app.add_typer(engine_app)
+tokens_app = typer.Typer(help="API tokens of the service (stored hashed, shown once).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="interface to listen on [default: DIET_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on [default: DIET_PORT or 8000]")] = None,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="start a worker beside the API")] = True,
+) -> None:
+    """Run the DIET service: migrate the registry, start a worker and serve the HTTP API.
+
+    Data live under ./diet-data (or DIET_DATA_DIR): SQLite, blobs and a folder queue,
+    unless DIET_DATABASE_URL, DIET_BROKER_URL and DIET_STORAGE_URL point elsewhere.
+    """
+    from service import embedded
+    from service.settings import get_settings
+
+    settings = get_settings()
+    embedded.serve(settings, host or settings.host, settings.port if port is None else port, worker)
+
+
+@contextmanager
+def _registry() -> Iterator[Session]:
+    """A session on the registry, migrated first, so token commands work before the first `diet serve`."""
+    from service.registry import migrate
+    from service.registry.db import Database
+    from service.settings import get_settings
+
+    settings = get_settings()
+    migrate.upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            yield session
+    finally:
+        db.dispose()
+
+
+@tokens_app.command("create")
+def tokens_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read or admin; repeat for several")],
+    name: Annotated[str, typer.Option(help="who or what the token is for")] = "cli",
+) -> None:
+    """Create a token and print it (the only time it is shown)."""
+    from service.registry import tokens
+
+    with _registry() as session:
+        try:
+            _, secret = tokens.create(session, name, scope)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--scope") from exc
+        session.commit()
+    typer.echo(secret)
+    typer.echo("Keep it now: only its digest is stored. Send it as 'Authorization: Bearer <token>'.", err=True)
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List tokens: id, name, scopes, created, state (never their secrets)."""
+    from service.registry import tokens
+
+    with _registry() as session:
+        for token in tokens.list_all(session):
+            state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
+            typer.echo(
+                f"{token.id}\t{token.name}\t{','.join(token.scopes)}\t{token.created_at:%Y-%m-%d %H:%M}\t{state}"
+            )
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[int, typer.Argument(help="the id `diet tokens list` shows")]) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    from service.registry import tokens
+
+    with _registry() as session:
+        revoked = tokens.revoke(session, token_id)
+        session.commit()
+    if not revoked:
+        typer.echo(f"no active token with id {token_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked token {token_id}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,48 @@
+"""What routes get injected: the settings, a registry session, storage, the job queue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.metrics import Metrics
+from service.registry.db import Database
+from service.settings import Settings
+from service.storage import Storage
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.db.session() as session:
+        yield session
+
+
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,40 @@
+"""Pagination of list endpoints: `?limit=&offset=` in, `{items, total, limit, offset, next}` out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Query, Request
+from pydantic import BaseModel
+
+from service.registry.paging import Page
+
+T = TypeVar("T")
+
+
+class PageParams(BaseModel):
+    limit: int
+    offset: int
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
+    offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset)
+
+
+class PageOut(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+    next: str | None  # path and query of the next page, or null on the last one
+
+
+def page_out(page: Page[object], items: list[T], request: Request) -> PageOut[T]:
+    next_url = None
+    if page.offset + len(items) < page.total:
+        query = request.url.include_query_params(offset=page.offset + page.limit).query
+        next_url = f"{request.url.path}?{query}"
+    return PageOut[T](items=items, total=page.total, limit=page.limit, offset=page.offset, next=next_url)

@@ -1,0 +1,104 @@
+"""POST/GET /streams: a stream's definition is fixed once created."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from diet_engine.config import DistillConfig, ReferenceConfig
+from diet_engine.models import MODELS
+from diet_engine.schema import NAME, StreamSchema
+from service.auth import require
+from service.deps import SessionDep
+from service.problems import Problem
+from service.registry import streams
+from service.registry.tables import Stream
+
+router = APIRouter(tags=["streams"])
+
+
+class StreamIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=NAME)]
+    stream_schema: StreamSchema = Field(alias="schema", description="exactly the schema.json `diet convert` writes")
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="defaults of every distill job")
+
+    @field_validator("reference")
+    @classmethod
+    def _known_model(cls, reference: ReferenceConfig) -> ReferenceConfig:
+        if reference.model not in MODELS:
+            raise ValueError(f"unknown model {reference.model!r}; valid names: {', '.join(sorted(MODELS))}")
+        return reference
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "schema": self.stream_schema.model_dump(mode="json"),
+            "reference": self.reference.model_dump(mode="json"),
+            "distill": self.distill.model_dump(mode="json"),
+        }
+
+
+class StreamOut(BaseModel):
+    id: int
+    name: str
+    stream_schema: dict[str, Any] = Field(serialization_alias="schema")
+    reference: dict[str, Any]
+    distill: dict[str, Any]
+    created_at: datetime
+
+
+def stream_out(stream: Stream) -> StreamOut:
+    return StreamOut(
+        id=stream.id,
+        name=stream.name,
+        stream_schema=stream.schema_doc,
+        reference=stream.reference,
+        distill=stream.distill,
+        created_at=stream.created_at,
+    )
+
+
+def find_stream(session: Session, name: str) -> Stream:
+    stream = streams.by_name(session, name)
+    if stream is None:
+        raise Problem(404, f"no stream named {name!r}; create it with POST /streams")
+    return stream
+
+
+@router.post("/streams", status_code=201, response_model=StreamOut, dependencies=[Depends(require("ingest"))])
+def create_stream(body: StreamIn, session: SessionDep, response: Response) -> StreamOut:
+    wanted = body.definition()
+    existing = streams.by_name(session, body.name)
+    if existing is None:
+        try:
+            stream = streams.create(session, body.name, **wanted)
+            session.commit()
+            return stream_out(stream)
+        except IntegrityError:
+            session.rollback()  # created meanwhile by a concurrent request: compare with that one
+            existing = find_stream(session, body.name)
+    current = {"schema": existing.schema_doc, "reference": existing.reference, "distill": existing.distill}
+    if current != wanted:
+        differs = sorted(k for k in wanted if wanted[k] != current[k])
+        raise Problem(
+            409, f"stream {body.name!r} exists with a different {' and '.join(differs)}; stream definitions are fixed"
+        )
+    response.status_code = 200
+    return stream_out(existing)
+
+
+@router.get("/streams", response_model=list[StreamOut], dependencies=[Depends(require("read"))])
+def list_streams(session: SessionDep) -> list[StreamOut]:
+    return [stream_out(s) for s in streams.list_all(session)]
+
+
+@router.get("/streams/{name}", response_model=StreamOut, dependencies=[Depends(require("read"))])
+def get_stream(name: str, session: SessionDep) -> StreamOut:
+    return stream_out(find_stream(session, name))

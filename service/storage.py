@@ -1,0 +1,174 @@
+"""Blob storage: one small interface over fsspec, rooted at a URL.
+
+A local directory by default, any fsspec URL (`s3://bucket/prefix` with the
+`s3` extra) when configured. Keys are relative POSIX paths made of plain
+segments; nothing can name a file outside the root. New blobs are written
+under `tmp/` while their sha256 and size are counted, then renamed into place,
+so a reader never sees half a file under a real key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+CHUNK = 1 << 20
+MARKER = "diet-storage.txt"
+_SEGMENT = re.compile(r"[A-Za-z0-9_.=@-]+")
+
+
+class UnsafeKey(ValueError):
+    """A key that is empty, absolute, or walks out of the storage root."""
+
+
+class TooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Blob:
+    key: str
+    sha256: str
+    bytes: int
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") or not _SEGMENT.fullmatch(p) for p in parts):
+        raise UnsafeKey(f"not a safe storage key: {key!r}")
+    return key
+
+
+class BlobWriter:
+    """Writes one temporary blob, hashing and counting bytes as they pass."""
+
+    def __init__(self, storage: Storage, key: str, max_bytes: int | None) -> None:
+        self.key = key
+        self.bytes = 0
+        self._storage = storage
+        self._max = max_bytes
+        self._hash = hashlib.sha256()
+        self._file = storage.open(key, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        if self._max is not None and self.bytes + len(chunk) > self._max:
+            raise TooLarge(self._max)
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        self.bytes += len(chunk)
+
+    def close(self) -> Blob:
+        self._file.close()
+        return Blob(self.key, self._hash.hexdigest(), self.bytes)
+
+    def discard(self) -> None:
+        """Drop the temporary blob, whatever state the write is in."""
+        try:
+            self._file.close()
+        finally:
+            self._storage.delete(self.key)
+
+
+class Storage:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        self.root = root.rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)
+        # Object stores have no empty folders: a marker makes the root something that can be checked.
+        if not self.exists(MARKER):
+            self.put([b"the root of a DIET service's blobs\n"], MARKER)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
+
+    def open(self, key: str, mode: str = "rb") -> BinaryIO:
+        path = self.path(key)
+        if "w" in mode:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        return self.fs.open(path, mode)
+
+    def writer(self, max_bytes: int | None = None) -> BlobWriter:
+        """A writer to a fresh temporary key; `rename` the blob into place once it is accepted."""
+        return BlobWriter(self, f"tmp/{uuid.uuid4().hex}", max_bytes)
+
+    def put(self, chunks: Iterable[bytes], key: str) -> Blob:
+        """Write chunks to a temporary blob, then rename it to key."""
+        writer = self.writer()
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            blob = writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+        self.rename(blob.key, key)
+        return Blob(key, blob.sha256, blob.bytes)
+
+    def put_file(self, local: Path, key: str) -> Blob:
+        with open(local, "rb") as src:
+            return self.put(iter(lambda: src.read(CHUNK), b""), key)
+
+    def rename(self, src: str, dst: str) -> None:
+        dst_path = self.path(dst)
+        self.fs.makedirs(dst_path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(self.path(src), dst_path)
+
+    def delete(self, key: str) -> None:
+        """Remove a blob; a missing one is not an error."""
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            pass
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes start..end (inclusive; end None = to the end of the blob), chunk by chunk."""
+        with self.open(key) as f:
+            f.seek(start)
+            left = None if end is None else end - start + 1
+            while left is None or left > 0:
+                chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    return
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+    def local_copy(self, key: str, dest_dir: Path, name: str | None = None) -> Path:
+        """The blob as a local file in dest_dir: a symlink for local storage, a download otherwise.
+
+        The engine takes file paths; linking avoids copying blocks that already sit on this disk.
+        """
+        dest = dest_dir / (name or key.rsplit("/", 1)[-1])
+        if self.is_local:
+            os.symlink(self.path(key), dest)
+        else:
+            with self.open(key) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+        return dest
+
+    def ping(self) -> None:
+        """Raise unless the storage answers."""
+        self.fs.info(self.path(MARKER))

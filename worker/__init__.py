@@ -1,0 +1,1 @@
+"""The Celery worker: turns a distill job row into engine calls, artifacts and a dataset version."""

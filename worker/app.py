@@ -1,0 +1,26 @@
+"""The worker's Celery app, configured from `DIET_*` environment variables.
+
+Run one worker per GPU (pin it with CUDA_VISIBLE_DEVICES):
+
+    celery -A worker.app worker --pool=solo --concurrency=1
+"""
+
+from __future__ import annotations
+
+from celery.signals import setup_logging, worker_init
+
+from service import logs
+from service.settings import get_settings
+from worker.queue import make_celery, prepare_broker
+
+app = make_celery(get_settings())
+
+
+@setup_logging.connect
+def _json_logs(**_: object) -> None:
+    logs.configure(get_settings().log_level)
+
+
+@worker_init.connect
+def _prepare_broker(**_: object) -> None:
+    prepare_broker(get_settings())
