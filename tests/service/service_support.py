@@ -1,0 +1,134 @@
+"""Helpers of the service tests: ports, clients, an in-thread API, child processes, problem checks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+BOOTSTRAP_TOKEN = "bootstrap-" + secrets.token_hex(16)
+PARQUET = {"Content-Type": "application/vnd.apache.parquet"}
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def client(base_url: str, token: str | None = None, timeout: float = 30.0) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+
+def embedded_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, bootstrap_token=BOOTSTRAP_TOKEN, worker_device="cpu", **overrides)
+
+
+def expect_problem(response: httpx.Response, status: int, *phrases: str) -> dict:
+    """Assert a problem document with this status whose detail says each phrase; returns it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    for phrase in phrases:
+        assert phrase in body["detail"], body
+    return body
+
+
+@dataclass
+class ThreadedService:
+    """The real app under a real uvicorn, in a thread of the test process (no worker: jobs stay queued)."""
+
+    settings: Settings
+    base_url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @classmethod
+    def start(cls, settings: Settings) -> ThreadedService:
+        port = free_port()
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the test API did not start")
+            time.sleep(0.05)
+        return cls(settings, f"http://127.0.0.1:{port}", server, thread)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class Process:
+    """A child process whose output goes to a log file, shown when something goes wrong."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        # A session of its own, so stopping it also stops the children it started (the embedded worker).
+        self.popen = subprocess.Popen(
+            command, env={**os.environ, "PYTHONPATH": str(REPO), **env}, cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def logs(self, tail: int = 8000) -> str:
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def wait_healthy(self, base_url: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} did not answer /healthz within {timeout}s:\n{self.logs()}")
+
+    def children(self) -> list[int]:
+        """Pids of its direct children (Linux /proc)."""
+        pid = self.popen.pid
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM, as a service manager stops it, then wait for it to exit."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def clean_up(self) -> None:
+        """Stop it, and kill anything it left in its session (whose id is its pid)."""
+        self.stop()
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
