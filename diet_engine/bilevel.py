@@ -9,7 +9,11 @@ with the stage's tables φ_t; its gradient reaches A's embeddings and logits
 through a random truncated window of the unroll (RaT-BPTT, Feng et al. 2023):
 the unroll length is drawn from [window, inner_steps] and only its last
 `window` steps keep a graph. Adam updates only the rows of A (row-wise state),
-so rows outside A do not drift on stale momentum.
+so rows outside A do not drift on stale momentum. After each step a row's
+field vectors are pulled back inside the largest norm that field reaches among
+the stage's real embeddings: candidates never meet inputs the embedding tables
+could not produce (unbounded rows made candidate training diverge), and a
+step whose meta-loss is not finite is skipped.
 """
 
 from __future__ import annotations
@@ -58,6 +62,15 @@ class OptimiseLog:
     hard_loss_start: list[float] = field(default_factory=list)  # H's loss at θ_{t-1}, per addressing round
     active_rows: int = 0
     hard_rows: int = 0
+    skipped_steps: int = 0
+
+
+def project_norms(emb: Tensor, rows: Tensor, cap: Tensor) -> None:
+    """Rescale each field vector of `rows` to norm at most cap[field] (in place)."""
+    with torch.no_grad():
+        part = emb[rows]
+        norms = part.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        emb[rows] = part * (cap.view(1, -1, 1) / norms).clamp(max=1.0)
 
 
 def inner_unroll(
@@ -102,6 +115,7 @@ def optimise_memory(
     emb_opt = RowAdam(syn.emb, cfg.lr_embedding)
     logit_opt = RowAdam(syn.logits, cfg.lr_logits)
     log = OptimiseLog()
+    field_cap = pool_emb.norm(dim=-1).amax(0)  # [F]
     plan = None
     for it in range(cfg.outer_iters):
         if plan is None or it % cfg.address_every == 0:
@@ -119,8 +133,12 @@ def optimise_memory(
         pick = plan.hard[torch.randperm(len(plan.hard), generator=gen)[: cfg.outer_batch]]
         outer = bce(functional_call(dense_prev, final, (pool_emb[pick],)), pool_labels[pick])
         g_emb, g_logit = torch.autograd.grad(outer, [emb_a, logit_a], allow_unused=True)
+        if not torch.isfinite(outer) or any(g is not None and not torch.isfinite(g).all() for g in (g_emb, g_logit)):
+            log.skipped_steps += 1
+            continue
         if g_emb is not None:
             emb_opt.step(active, g_emb)
+            project_norms(syn.emb, active, field_cap)
         if g_logit is not None:
             logit_opt.step(active, g_logit)
         log.outer_loss.append(outer.item())

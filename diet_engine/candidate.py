@@ -21,7 +21,8 @@ from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel
 from diet_engine.schema import StreamSchema
 from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import evaluate, generator, make_optimizer, train_real_epoch, train_soft_epoch
+from diet_engine.metrics import task_metrics
+from diet_engine.training import generator, make_optimizer, predict_logits, train_real_epoch, train_soft_epoch
 
 
 @dataclass
@@ -67,8 +68,16 @@ def _fit_dense_on_distilled(
     best_auc, best_state = -1.0, None
     for epoch in range(cfg.distilled_epochs):
         train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
-        auc = evaluate(model, valid, device).mean_auc
+        auc = _valid_auc(model, valid, device)
         run.valid_auc.append(auc)
-        if auc > best_auc:
+        if auc > best_auc:  # a diverged (NaN) epoch is never the best
             best_auc, best_state, run.best_epoch = auc, copy.deepcopy(model.dense.state_dict()), epoch
-    model.dense.load_state_dict(best_state)
+    if best_state is not None:
+        model.dense.load_state_dict(best_state)
+
+
+def _valid_auc(model: CTRModel, valid: TensorBlock, device: str) -> float:
+    logits = predict_logits(model, valid, device)
+    if not torch.isfinite(logits).all():
+        return float("nan")
+    return task_metrics(valid.labels.numpy(), torch.sigmoid(logits).numpy(), model.schema.labels).mean_auc

@@ -44,18 +44,18 @@ class DistillConfig(_Config):
     target_selection: bool = True
     memory_selection: bool = True
     hard_ratio: float = Field(default=0.1, gt=0, le=1)
-    target_pool_rows: int = Field(default=20_000, ge=1)
+    target_pool_rows: int = Field(default=8192, ge=1)
     address_every: int = Field(default=5, ge=1)
     influence_params: Literal["head", "dense"] = "dense"
     # bi-level optimisation
-    outer_iters: int = Field(default=100, ge=0)
+    outer_iters: int = Field(default=300, ge=0)
     inner_steps: int = Field(default=10, ge=1)
     window: int = Field(default=5, ge=1)
     inner_batch: int = Field(default=64, ge=1)
     inner_lr: float = Field(default=0.05, gt=0)
     outer_batch: int = Field(default=1024, ge=1)
-    lr_embedding: float = Field(default=1e-3, gt=0)
-    lr_logits: float = Field(default=1e-2, gt=0)
+    lr_embedding: float = Field(default=1e-2, gt=0)
+    lr_logits: float = Field(default=1e-1, gt=0)
     temperature: float = Field(default=1.0, gt=0)
     seed: int = 0
 

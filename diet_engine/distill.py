@@ -114,6 +114,7 @@ def distill_in_memory(
         "kept_rows": len(syn) - len(new),
         "active_rows": log.active_rows,
         "hard_rows": log.hard_rows,
+        "skipped_steps": log.skipped_steps,
         "outer_loss": log.outer_loss,
         "hard_loss_start": log.hard_loss_start,
     }

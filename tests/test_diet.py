@@ -154,3 +154,16 @@ def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
     assert info.stage == 2 and info.history_rows == 1200 and info.model == "dcn"
     with pytest.raises(ValueError, match="stage 1"):
         distill_stage(schema, root / "h2.parquet", 3, tmp_path / "v3", previous=tmp_path / "v1", reference=ref, config=cfg)
+
+
+def test_synthetic_embeddings_stay_within_the_real_field_norms():
+    dense = tiny_model(seed=6).dense
+    g = torch.Generator().manual_seed(7)
+    pool = torch.randn(128, 4, 4, generator=g)
+    pool_y = torch.randint(0, 2, (128, 2), generator=g).float()
+    syn = SyntheticSet(torch.randn(16, 4, 4, generator=g), torch.zeros(16, 2), torch.ones(16, dtype=torch.long))
+    cfg = DistillConfig(outer_iters=20, inner_steps=3, window=2, inner_batch=8, lr_embedding=5.0, lr_logits=5.0)
+    out, log = optimise_memory(syn, dense, pool, pool_y, cfg)
+    cap = pool.norm(dim=-1).amax(0)
+    assert (out.emb.norm(dim=-1) <= cap + 1e-5).all()
+    assert torch.isfinite(out.emb).all() and torch.isfinite(out.logits).all()
