@@ -57,7 +57,8 @@ def bench(
                   console=console, transient=True) as bar:
         task = bar.add_task("training candidates", total=total)
         result = run_bench(cfg, on_cell=lambda name: bar.update(task, advance=1, description=name))
-    console.print(results_table(result, cfg.models))
+    # wide enough for one line per method even when stdout is not a terminal
+    Console(width=max(console.width, 60 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
     console.print(f"results: {cfg.out / 'results.json'}")
 
 
