@@ -34,8 +34,16 @@ from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import evaluate
 
 DATA_METHODS = ("full", "cold", "warmup")
-ALL_METHODS = (*DATA_METHODS, *SELECTION_METHODS, "diet")
-REDUCED_METHODS = ("warmup", *SELECTION_METHODS, "diet")
+# the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off
+DIET_VARIANTS: dict[str, dict[str, bool]] = {
+    "diet": {},
+    "diet_no_mf": {"memory_fusion": False},
+    "diet_no_ts": {"target_selection": False},
+    "diet_no_ms": {"memory_selection": False},
+    "diet_none": {"memory_fusion": False, "target_selection": False, "memory_selection": False},
+}
+ALL_METHODS = (*DATA_METHODS, *SELECTION_METHODS, *DIET_VARIANTS)
+REDUCED_METHODS = ("warmup", *SELECTION_METHODS, *DIET_VARIANTS)
 
 
 class BenchConfig(BaseModel):
@@ -99,9 +107,9 @@ def history_sets(
             parts = [selected_rows(method, refs[t], block, t, ratio, seed) for t, block in enumerate(splits.history, 1)]
             sets[method] = SyntheticSet.concat(parts)
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
-        elif method == "diet":
+        elif method in DIET_VARIANTS:
             t0 = time.perf_counter()
-            cfg = distill.model_copy(update={"ratio": ratio, "seed": seed})
+            cfg = distill.model_copy(update={"ratio": ratio, "seed": seed, **DIET_VARIANTS[method]})
             syn, seen, stages = None, 0, []
             for t, block in enumerate(splits.history, 1):
                 seen += len(block)
@@ -154,8 +162,11 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
     n_seeds = len(next(iter(next(iter(cells.values())).values())))
     mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
     seed_auc = [{m: {k: cells[m][k][s]["auc"] for k in models} for m in methods} for s in range(n_seeds)]
+    reduced = [m for m in methods if m in REDUCED_METHODS]
+    model_mean = {m: statistics.fmean(mean_auc[m].values()) for m in methods}
     return {
         "results": results,
+        "best_reduced": max(reduced, key=model_mean.__getitem__) if reduced else None,
         "kendall_tau": agreement(mean_auc, models),
         "gap_recovered": gap(mean_auc, models),
         "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],

@@ -39,7 +39,7 @@ def _csv_list(value: str) -> list[str]:
 def bench(
     data: Path = typer.Option(..., help="a converted stream directory, or the raw ML-100K folder"),
     out: Path = typer.Option(Path("bench-out"), help="where results.json goes"),
-    methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet"),
+    methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet and the ablations diet_no_mf,diet_no_ts,diet_no_ms,diet_none"),
     models: str = typer.Option("dcn,dcnv2,finalmlp,finalnet,wukong", help="comma-separated model names"),
     ratio: float = typer.Option(0.02, help="history kept by reduced-data methods, as a share of historical rows"),
     seed: int = typer.Option(0, help="first seed"),

@@ -21,7 +21,7 @@ def small_config(data, out, **kw) -> BenchConfig:
 
 def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp_path):
     _, root = tiny_stream
-    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet"]
+    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts"]
     first = run_bench(small_config(root, tmp_path / "a", methods=methods, seeds=2))
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["dataset"] == "tiny" and saved["ratio"] == 0.05
@@ -36,6 +36,7 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
     assert all(rows[m] <= 0.05 * 1200 + 2 for m in ("random", "el2n", "kmeans", "diet"))
     assert saved["kendall_tau"]["full"] == pytest.approx(1.0) and saved["gap_recovered"]["full"] == pytest.approx(1.0)
     assert len(saved["kendall_tau_seeds"]) == 2
+    assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts")
     again = run_bench(small_config(root, tmp_path / "b", methods=methods, seeds=2))
     for method in methods:
         for model in ("dcn", "finalnet"):
