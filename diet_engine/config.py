@@ -56,7 +56,7 @@ class DistillConfig(_Config):
     outer_batch: int = Field(default=1024, ge=1)
     lr_embedding: float = Field(default=1e-2, gt=0)
     lr_logits: float = Field(default=1e-1, gt=0)
-    temperature: float = Field(default=1.0, gt=0)
+    temperature: float = Field(default=2.0, gt=0, description="soft labels are sigmoid(logit / temperature)")
     seed: int = 0
 
     @property
@@ -73,4 +73,5 @@ class CandidateConfig(_Config):
     distilled_epochs: int = Field(default=8, ge=1)
     distilled_batch: int = Field(default=64, ge=1)
     distilled_lr: float = Field(default=1e-3, gt=0)
-    temperature: float = Field(default=1.0, gt=0)
+    # flatter soft labels: on ML-100K T=2 helped every reduced-data method (3-seed sweep)
+    temperature: float = Field(default=2.0, gt=0)
