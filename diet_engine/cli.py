@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -29,6 +30,50 @@ def convert_ml100k_cmd(
     counts = convert_ml100k(src, out)
     for name, rows in counts.items():
         console.print(f"{name:>12}  {rows:>7} rows  -> {out / (name + '.parquet')}")
+
+
+@convert_app.command("csv")
+def convert_csv_cmd(
+    log: Path = typer.Argument(..., help="the interaction log: CSV (.csv, .tsv, optionally .gz) or Parquet"),
+    out: Path = typer.Option(..., help="directory to create with schema.json and the split files"),
+    timestamp: str = typer.Option(..., help="time column: epoch seconds, a timestamp, or ISO 8601 strings (naive = UTC)"),
+    labels: str = typer.Option(..., help="tasks, comma-separated: NAME (already 0/1), NAME=COL, NAME=COL>=4 "
+                                         "(>, <=, <, ==, !=), NAME=COL in (a,b)"),
+    fields: str = typer.Option(..., help="categorical columns, comma-separated: COL or COL:BUCKETS"),
+    splits: str = typer.Option(..., help="history=START,START,...;subsequent=START;valid=START;test=START;end=END "
+                                         "(dates, ISO times or epoch seconds, UTC, strictly increasing)"),
+    numeric: str = typer.Option("", help="numeric columns, comma-separated"),
+    join: list[str] = typer.Option([], help="FILE:KEY side table left-joined on KEY (CSV or Parquet; repeatable)"),
+    buckets: int = typer.Option(100_000, min=2, help="hash buckets of a field without its own :BUCKETS"),
+    name: str | None = typer.Option(None, help="stream name (default: from the log's file name)"),
+    time_format: str | None = typer.Option(None, help="strptime format of string times, e.g. '%d/%m/%Y %H:%M'"),
+    overwrite: bool = typer.Option(False, help="replace OUT if it exists (only once the new one is complete)"),
+) -> None:
+    """Any interaction log, streamed in record batches: labels from expressions, stages cut by time."""
+    from diet_engine.convert import ConvertError, utc_text
+    from diet_engine.convert_csv import convert_log
+
+    try:
+        with console.status("converting…") as status:
+            report = convert_log(
+                log, out, timestamp=timestamp, labels=_label_list(labels), fields=_csv_list(fields), splits=splits,
+                numeric=_csv_list(numeric), joins=join, buckets=buckets, name=name, time_format=time_format,
+                overwrite=overwrite, on_batch=lambda rows: status.update(f"converting… {rows:,} rows read"))
+    except ConvertError as e:
+        Console(stderr=True).print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    for split, rows in report.rows.items():
+        start, end = report.windows[split]
+        console.print(f"{split:>12}  {rows:>9,} rows  [{utc_text(start)}, {utc_text(end)})", markup=False, highlight=False)
+    console.print(f"read {report.read:,} rows; dropped {report.before:,} before the first split "
+                  f"and {report.after:,} at or after the end; wrote {out}/", soft_wrap=True)
+    if report.unsorted:
+        console.print(f"left in input order (too large to sort): {', '.join(report.unsorted)}")
+
+
+def _label_list(value: str) -> list[str]:
+    """Comma-separated, except inside `in (...)` sets."""
+    return [v.strip() for v in re.findall(r"(?:[^,(]|\([^)]*\))+", value) if v.strip()]
 
 
 def _csv_list(value: str) -> list[str]:
