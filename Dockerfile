@@ -17,6 +17,7 @@ WORKDIR /app
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.13,<3"
 
 COPY pyproject.toml README.md alembic.ini ./
+COPY diet_client ./diet_client
 COPY diet_engine ./diet_engine
 COPY service ./service
 COPY worker ./worker

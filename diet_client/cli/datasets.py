@@ -1,0 +1,122 @@
+"""`diet datasets ls|show|pull|report`: find, fetch and look at distilled dataset versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from diet_client.cli.common import (
+    DEFAULT_URL,
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    connect,
+    emit_json,
+    human_bytes,
+    show_progress,
+    stdout,
+)
+from diet_client.cli.progress import transfer_bars
+
+app = typer.Typer(help="Distilled dataset versions: STREAM@vN or STREAM@latest.", no_args_is_help=True)
+
+VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN or STREAM@latest")]
+
+
+@app.command("ls")
+def list_versions(
+    stream: Annotated[str | None, typer.Option(help="only this stream's versions")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List versions, newest first."""
+    with connect(url, token, as_json) as diet:
+        page = diet.datasets(stream, limit=limit, offset=offset)
+    if as_json:
+        emit_json(page)
+        return
+    table = Table("version", "stage", "parent", "rows", "new", "kept", "history", "ratio", "created",
+                  caption=f"{len(page.items)} of {page.total}")  # fmt: skip
+    for m in page.items:
+        table.add_row(m.version, str(m.stage), m.parent or "", str(m.rows), str(m.new_rows), str(m.kept_rows),
+                      str(m.history_rows), f"{m.ratio:.2%}", f"{m.created_at:%Y-%m-%d %H:%M}")  # fmt: skip
+    stdout().print(table)
+
+
+@app.command("show")
+def show(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+         as_json: JsonOption = False) -> None:  # fmt: skip
+    """A version's manifest: stage, parent, blocks, sizes, config, metrics and files."""
+    with connect(url, token, as_json) as diet:
+        m = diet.dataset(version)
+    if as_json:
+        emit_json(m)
+        return
+    out = stdout()
+    out.print(f"{m.version}: stage {m.stage}, parent {m.parent or '-'}, job {m.job}, created {m.created_at:%Y-%m-%d %H:%M}")
+    out.print(f"  {m.rows} rows ({m.new_rows} new, {m.kept_rows} kept) for {m.history_rows} historical rows: {m.ratio:.2%}")
+    out.print("  blocks: " + ", ".join(f"stage {b.stage} ({b.rows} rows)" for b in m.blocks))
+    files = Table("file", "size", "sha256")
+    for a in m.artifacts:
+        files.add_row(a.name, human_bytes(a.bytes), a.sha256)
+    out.print(files)
+
+
+@app.command("pull")
+def pull(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(file_okay=False, help="folder to put the files in [default: ./STREAM-vN]")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Download a version's files (resuming interrupted downloads) and check each against its sha256."""
+    with connect(url, token, as_json) as diet:
+        manifest = diet.dataset(version)
+        folder = to or Path(manifest.version.replace("@", "-"))
+        with transfer_bars(show_progress(as_json)) as progress:
+            pulled = diet.pull(manifest.version, folder, on_progress=progress)
+    if as_json:
+        emit_json(pulled)
+        return
+    out = stdout()
+    for f in pulled.files:
+        if f.resumed_from == f.bytes:
+            how = " (already there)"
+        else:
+            how = f" (resumed at {human_bytes(f.resumed_from)})" if f.resumed_from else ""
+        out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}… verified{how}")
+    out.print(f"{pulled.version} -> {pulled.directory}  (load it: diet_engine.load_dataset({str(pulled.directory)!r}))")
+
+
+@app.command("report")
+def report(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="HTML file to write [default: ./STREAM-vN.html]; - for stdout")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
+    with connect(url, token, as_json) as diet:
+        label = diet.dataset(version).version
+        html = diet.report(label)
+    if to is not None and str(to) == "-":
+        typer.echo(html)
+        return
+    path = to or Path(label.replace("@", "-") + ".html")
+    path.write_text(html, encoding="utf-8")
+    if as_json:
+        emit_json({"version": label, "path": str(path), "bytes": len(html.encode())})
+    else:
+        stdout().print(f"{label} report -> {path}")
