@@ -1,24 +1,31 @@
-"""The `diet` command: the engine's commands (diet_engine.cli) and the service's, `serve` and `tokens`.
+"""The `diet` command: the engine's commands (diet_engine.cli), the service's own (`serve`, `tokens`),
+and the client commands that talk to a running service (diet_client.cli: streams, blocks, distill,
+jobs, datasets, status).
 
 Heavy imports (the web stack, SQL) happen inside the commands, so `diet --help`
-and the engine's commands start quickly.
+and the client commands start quickly.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from diet_client.cli import EXIT_CODES_HELP, register
 from diet_engine.cli import app as engine_app
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-app = typer.Typer(help="DIET: continually distilled datasets for recommender systems.", no_args_is_help=True)
+app = typer.Typer(
+    help="DIET: continually distilled datasets for recommender systems.", epilog=EXIT_CODES_HELP, no_args_is_help=True
+)
 app.add_typer(engine_app)
+register(app)
 tokens_app = typer.Typer(help="API tokens of the service (stored hashed, shown once).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 
@@ -62,26 +69,38 @@ def _registry() -> Iterator[Session]:
 def tokens_create(
     scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read or admin; repeat for several")],
     name: Annotated[str, typer.Option(help="who or what the token is for")] = "cli",
+    as_json: Annotated[bool, typer.Option("--json", help="print {id, name, scopes, token} as JSON")] = False,
 ) -> None:
-    """Create a token and print it (the only time it is shown)."""
+    """Create a token and print it (the only time it is shown). Works on the registry directly, like `serve`."""
     from service.registry import tokens
 
     with _registry() as session:
         try:
-            _, secret = tokens.create(session, name, scope)
+            token, secret = tokens.create(session, name, scope)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--scope") from exc
         session.commit()
-    typer.echo(secret)
+        created = {"id": token.id, "name": token.name, "scopes": list(token.scopes), "token": secret}
+    typer.echo(json.dumps(created) if as_json else secret)
     typer.echo("Keep it now: only its digest is stored. Send it as 'Authorization: Bearer <token>'.", err=True)
 
 
 @tokens_app.command("list")
-def tokens_list() -> None:
+def tokens_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list")] = False,
+) -> None:
     """List tokens: id, name, scopes, created, state (never their secrets)."""
     from service.registry import tokens
 
     with _registry() as session:
+        if as_json:
+            listed = [
+                {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": t.created_at.isoformat(),
+                 "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
+                for t in tokens.list_all(session)
+            ]  # fmt: skip
+            typer.echo(json.dumps(listed, indent=2))
+            return
         for token in tokens.list_all(session):
             state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
             typer.echo(
