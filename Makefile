@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test browser bench clean
 
 venv: $(STAMP)
 
@@ -18,9 +18,17 @@ $(STAMP): pyproject.toml constraints-dev.txt
 run: venv
 	$(BIN)/diet serve
 
-test: venv
+test: venv browser
 	$(BIN)/python scripts/check_services.py
 	$(BIN)/python -m pytest -q
+
+# The report tests render pages in headless Chromium. Nothing to do when it is there; else it is
+# installed where that is possible (Debian/Ubuntu as root, about a minute), and otherwise those
+# tests are skipped with a message saying so.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && test "$$(id -u)" = 0 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: no /usr/bin/chromium and it could not be installed here: the report rendering tests will be skipped"
 
 bench: venv
 	$(BIN)/diet bench --data ../shared/data/ml-100k --out bench-out

@@ -28,6 +28,7 @@ from diet_engine.distill import distill_in_memory
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
+from diet_engine.report import bench_report, render
 from diet_engine.schema import StreamSchema
 from diet_engine.selection import SELECTION_METHODS, selected_rows
 from diet_engine.synthetic import SyntheticSet
@@ -229,4 +230,8 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         "config": json.loads(cfg.model_dump_json(exclude={"data", "out"})),
     }
     (cfg.out / "results.json").write_text(json.dumps(out, indent=2))
+    # the page beside it; label balance and loss curves are the last seed's (its `sets`)
+    (cfg.out / "report.html").write_text(
+        render(bench_report(out, schema.labels, sets, [b.labels for b in splits.history])), encoding="utf-8"
+    )
     return out

@@ -104,7 +104,7 @@ def bench(
         result = run_bench(cfg, on_cell=lambda name: bar.update(task, advance=1, description=name))
     # wide enough for one line per method even when stdout is not a terminal
     Console(width=max(console.width, 60 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
-    console.print(f"results: {cfg.out / 'results.json'}")
+    console.print(f"results: {cfg.out / 'results.json'}   report: {cfg.out / 'report.html'}")
 
 
 def results_table(result: dict, models: list[str]) -> Table:

@@ -19,7 +19,7 @@ from service.metrics import Metrics, RequestMetricsMiddleware
 from service.registry import jobs
 from service.registry.db import Database
 from service.registry.tables import utcnow
-from service.routes import blocks, datasets, health, streams
+from service.routes import blocks, datasets, health, reports, streams
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     problems.install(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
-    for module in (health, streams, blocks, job_routes, datasets):
+    for module in (health, streams, blocks, job_routes, datasets, reports):
         app.include_router(module.router)
     return app
 

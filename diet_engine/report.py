@@ -1,0 +1,467 @@
+"""HTML reports: one per dataset version (the service's `GET /datasets/{version}/report`) and
+one per benchmark run (`report.html` beside `results.json`).
+
+Plain data in, one self-contained HTML string out: inline CSS and inline SVG plots, no
+external assets, so the page can be saved, mailed or opened offline. `Report` is the data;
+`dataset_report` and `bench_report` build it, `render` turns it into HTML.
+
+Label balance of distilled rows is *soft*: per stage of origin, the mean soft label
+sigmoid(logit / T) of each task over the rows distilled from that stage, at the temperature T
+the soft labels are used with — the positive rate a candidate trained on them is taught —
+next to the positive rate of that stage's real block (no 0/1 threshold).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from string import Template
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from diet_engine import report_plots
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from diet_engine.synthetic import SyntheticSet
+
+REAL = "real block"
+DISTILLED = "distilled"
+
+
+class VersionRow(BaseModel):
+    """One version of a lineage (oldest first in `Report.lineage`)."""
+
+    version: str
+    stage: int
+    rows: int
+    new_rows: int
+    kept_rows: int
+    history_rows: int
+    ratio: float
+    block_rows: int | None = None
+    seconds: float | None = None
+    created_at: str | None = None
+
+
+class StageBalance(BaseModel):
+    """Positive rates of one stage: its real block's, and the mean soft label of each set's rows from it."""
+
+    stage: int
+    real: dict[str, float] | None  # task -> rate; None when the block is unknown
+    real_rows: int | None = None
+    sets: dict[str, dict[str, float]]  # set name -> task -> mean soft label
+    rows: dict[str, int]  # set name -> rows from this stage
+
+
+class LossCurve(BaseModel):
+    panel: str
+    label: str
+    outer_loss: list[float]
+    hard_loss_start: list[float] = Field(default_factory=list)  # H's loss at θ_{t-1}, per addressing round
+    address_every: int | None = None
+
+
+class Cell(BaseModel):
+    auc: float
+    logloss: float
+    auc_std: float = 0.0
+    logloss_std: float = 0.0
+
+
+class Evaluation(BaseModel):
+    """The methods × models table of a benchmark."""
+
+    methods: list[str]
+    models: list[str]
+    cells: dict[str, dict[str, Cell]]
+    history_rows: dict[str, int]
+    kendall_tau: dict[str, float] = Field(default_factory=dict)
+    gap_recovered: dict[str, float] = Field(default_factory=dict)
+    seeds: int = 1
+    best_reduced: str | None = None
+
+
+class Report(BaseModel):
+    title: str
+    subtitle: str
+    facts: list[tuple[str, str]]
+    tasks: list[str]
+    temperature: float = 1.0  # of the soft labels in `balance`
+    lineage: list[VersionRow] = Field(default_factory=list)
+    balance: list[StageBalance] = Field(default_factory=list)
+    curves: list[LossCurve] = Field(default_factory=list)
+    evaluation: Evaluation | None = None
+    config: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- soft label rates
+
+
+class SoftLabelRates(BaseModel):
+    tasks: list[str]
+    temperature: float
+    rates: dict[int, dict[str, float]]  # stage of origin -> task -> mean sigmoid(logit / temperature)
+    rows: dict[int, int]  # stage of origin -> rows
+
+
+def soft_label_rates(
+    stage: np.ndarray, logits: np.ndarray, tasks: Sequence[str], temperature: float = 1.0
+) -> SoftLabelRates:
+    """Mean soft label sigmoid(logit / temperature) per task over the rows of each stage of origin."""
+    stage = np.asarray(stage)
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    probs = 0.5 * (1.0 + np.tanh(0.5 * scaled))  # sigmoid without overflow
+    rates, rows = {}, {}
+    for s in sorted(set(stage.tolist())):
+        mask = stage == s
+        rows[int(s)] = int(mask.sum())
+        rates[int(s)] = {t: float(probs[mask, j].mean()) for j, t in enumerate(tasks)}
+    return SoftLabelRates(tasks=list(tasks), temperature=temperature, rates=rates, rows=rows)
+
+
+def synthetic_label_rates(source: str | IO[bytes], temperature: float = 1.0) -> SoftLabelRates:
+    """Soft label rates of a synthetic.parquet (a path or an open file), reading only its stage and logit columns."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(source)
+    meta = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+    tasks = json.loads(meta["diet.tasks"])
+    table = parquet.read(columns=["stage", *(f"logit_{t}" for t in tasks)])
+    columns = [table.column(f"logit_{t}").to_numpy() for t in tasks]
+    logits = np.stack(columns, axis=1) if table.num_rows else np.empty((0, len(tasks)))
+    return soft_label_rates(table.column("stage").to_numpy(), logits, tasks, temperature)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def dataset_report(
+    lineage: Sequence[dict[str, Any]], block_label_rates: dict[int, dict[str, float]], distilled: SoftLabelRates
+) -> Report:
+    """The report of a dataset version from its manifests (its ancestors first, itself last),
+    the label rates of the real blocks by stage, and the soft label rates of its synthetic rows."""
+    if not lineage:
+        raise ValueError("a dataset report needs at least the version's own manifest")
+    version = lineage[-1]
+    block_rows = {b["stage"]: b["rows"] for b in version.get("blocks", [])}
+    rows = [
+        VersionRow(
+            version=m["version"], stage=m["stage"], rows=m["rows"], new_rows=m["new_rows"], kept_rows=m["kept_rows"],
+            history_rows=m["history_rows"], ratio=m["ratio"], block_rows=block_rows.get(m["stage"]),
+            seconds=m.get("metrics", {}).get("timings", {}).get("total_s"), created_at=_when(m.get("created_at")),
+        )
+        for m in lineage
+    ]  # fmt: skip
+    balance = [
+        StageBalance(
+            stage=stage, real=block_label_rates.get(stage), real_rows=block_rows.get(stage),
+            sets={DISTILLED: distilled.rates[stage]} if stage in distilled.rates else {},
+            rows={DISTILLED: distilled.rows.get(stage, 0)},
+        )
+        for stage in sorted(set(block_rows) | set(distilled.rates))
+    ]  # fmt: skip
+    curves = [
+        LossCurve(
+            panel="outer loss per stage", label=f"stage {m['stage']} ({m['version']})",
+            outer_loss=m.get("metrics", {}).get("outer_loss", []),
+            hard_loss_start=m.get("metrics", {}).get("hard_loss_start", []),
+            address_every=m.get("config", {}).get("distill", {}).get("address_every"),
+        )
+        for m in lineage
+    ]  # fmt: skip
+    artifacts = {a["name"]: a["bytes"] for a in version.get("artifacts", [])}
+    reference = version.get("config", {}).get("reference", {})
+    facts = [
+        ("version", version["version"]),
+        ("stage", str(version["stage"])),
+        ("parent", version.get("parent") or "none (first stage)"),
+        ("distilled rows", f"{version['rows']:,} ({version['new_rows']:,} new, {version['kept_rows']:,} kept)"),
+        ("historical rows", f"{version['history_rows']:,}"),
+        ("ratio", f"{version['ratio']:.2%}"),
+        ("reference model", f"{reference.get('model', '?')}, "
+                            f"embedding dim {reference.get('arch', {}).get('embedding_dim', '?')}"),
+        ("files", ", ".join(f"{name} {_bytes(n)}" for name, n in artifacts.items()) or "none"),
+        ("created", _when(version.get("created_at")) or "?"),
+    ]  # fmt: skip
+    return Report(
+        title=f"DIET dataset {version['version']}",
+        subtitle=f"stream {version.get('stream', '?')}, stage {version['stage']}, job {version.get('job', '?')}",
+        facts=facts, tasks=distilled.tasks, temperature=distilled.temperature, lineage=rows, balance=balance,
+        curves=curves, evaluation=None, config=version.get("config"),
+    )  # fmt: skip
+
+
+def bench_report(
+    result: dict[str, Any], tasks: Sequence[str], sets: dict[str, SyntheticSet], history_labels: Sequence[Tensor]
+) -> Report:
+    """The report of a benchmark run: its results.json, the stream's tasks, the history sets of its
+    last seed and the label columns of the real historical blocks (stage t = history_labels[t-1])."""
+    tasks = list(tasks)
+    stage_rates = {
+        t: {task: float(labels[:, j].float().mean()) for j, task in enumerate(tasks)} if len(labels) else None
+        for t, labels in enumerate(history_labels, 1)
+    }
+    temperature = float(result["config"]["candidate"].get("temperature", 1.0))
+    per_set = {m: soft_label_rates(s.stage.numpy(), s.logits.detach().numpy(), tasks, temperature) for m, s in sets.items()}
+    balance = [
+        StageBalance(
+            stage=t, real=stage_rates[t], real_rows=len(history_labels[t - 1]),
+            sets={m: r.rates[t] for m, r in per_set.items() if t in r.rates},
+            rows={m: r.rows.get(t, 0) for m, r in per_set.items()},
+        )
+        for t in stage_rates
+    ]  # fmt: skip
+    last = result["phases"][-1] if result.get("phases") else {}
+    address_every = result["config"]["distill"].get("address_every")
+    curves = [
+        LossCurve(panel=f"stage {t}", label=method, outer_loss=m.get("outer_loss", []),
+                  hard_loss_start=m.get("hard_loss_start", []), address_every=address_every)  # fmt: skip
+        for method, phase in last.items()
+        if isinstance(phase, dict) and "stages" in phase
+        for t, m in enumerate(phase["stages"], 1)
+    ]
+    methods = list(result["results"])
+    models = list(result["config"]["models"])
+    evaluation = Evaluation(
+        methods=methods, models=models,
+        cells={m: {k: Cell.model_validate(result["results"][m][k]) for k in models} for m in methods},
+        history_rows={m: result["results"][m][models[0]]["history_rows"] for m in methods},
+        kendall_tau=result.get("kendall_tau", {}), gap_recovered=result.get("gap_recovered", {}),
+        seeds=len(result.get("seeds", [])) or 1, best_reduced=result.get("best_reduced"),
+    )  # fmt: skip
+    facts = [
+        ("dataset", str(result["dataset"])),
+        ("ratio", f"{result['ratio']:.2%}"),
+        ("historical rows", f"{result['history_rows']:,}"),
+        ("seeds", ", ".join(str(s) for s in result.get("seeds", []))),
+        ("models", ", ".join(models)),
+        ("best reduced method", result.get("best_reduced") or "–"),
+    ]
+    return Report(
+        title=f"DIET benchmark: {result['dataset']}",
+        subtitle=f"{len(methods)} methods × {len(models)} models, ratio {result['ratio']:.2%}, "
+        f"{evaluation.seeds} seed(s); label balance and loss curves from seed {last.get('seed', '?')}",
+        facts=facts, tasks=tasks, temperature=temperature, balance=balance, curves=curves, evaluation=evaluation,
+        config=result.get("config"),
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- HTML
+
+PAGE = Template("""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<style>
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; color: #222;
+       max-width: 1100px; margin: 0 auto; padding: 24px; background: #fff; }
+h1 { font-size: 24px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 32px 0 8px; border-bottom: 1px solid #e5e5e5; }
+.sub { color: #666; margin: 0 0 16px; } .note { color: #555; font-size: 13px; margin: 4px 0 10px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 0; }
+dl.facts dt { color: #666; } dl.facts dd { margin: 0; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 8px 0; font-variant-numeric: tabular-nums; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th.t, td.t, th:first-child, td:first-child { text-align: left; } th { background: #f6f6f6; font-weight: 600; }
+td.best { font-weight: 700; } .std { color: #888; font-size: 12px; }
+svg.plot { width: 100%; height: auto; display: block; margin: 6px 0; }
+.scroll { overflow-x: auto; }
+pre { background: #f6f6f6; padding: 10px; overflow-x: auto; font-size: 12px; }
+footer { color: #888; font-size: 12px; margin-top: 40px; }
+</style>
+</head>
+<body>
+<header><h1>$title</h1><p class="sub">$subtitle</p></header>
+<section id="summary"><dl class="facts">$facts</dl></section>
+$sections
+<footer>Generated by diet_engine.report on $generated.</footer>
+</body>
+</html>
+""")
+
+
+def render(report: Report, generated: datetime | None = None) -> str:
+    """The report as one self-contained HTML page."""
+    facts = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in report.facts)
+    sections = [
+        _lineage(report.lineage),
+        _balance(report.balance, report.tasks, report.temperature),
+        _curves(report.curves),
+        _evaluation(report.evaluation),
+        _config(report.config),
+    ]
+    return PAGE.substitute(
+        title=_e(report.title), subtitle=_e(report.subtitle), facts=facts,
+        sections="\n".join(s for s in sections if s),
+        generated=_e((generated or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z")),
+    )  # fmt: skip
+
+
+def _lineage(rows: list[VersionRow]) -> str:
+    if not rows:
+        return ""
+    plot = report_plots.stacked_rows(
+        [f"v{r.version.rsplit('@v', 1)[-1]} (stage {r.stage})" for r in rows],
+        {"new rows": [r.new_rows for r in rows], "kept rows": [r.kept_rows for r in rows]},
+        "distilled rows",
+    )
+    head = ["version", "stage", "block rows", "historical rows", "distilled rows", "new", "kept", "ratio", "time", "created"]
+    body = [
+        [r.version, r.stage, _int(r.block_rows), _int(r.history_rows), _int(r.rows), _int(r.new_rows),
+         _int(r.kept_rows), f"{r.ratio:.2%}", "–" if r.seconds is None else f"{r.seconds:.1f} s", r.created_at or "–"]
+        for r in rows
+    ]  # fmt: skip
+    return (
+        '<section id="lineage"><h2>Lineage and sizes</h2>'
+        '<p class="note">Each version continues from its parent: rows kept from the parent by memory fusion, '
+        "plus new rows distilled from the stage's block.</p>" + plot + _table(head, body) + "</section>"
+    )
+
+
+def _balance(balance: list[StageBalance], tasks: list[str], temperature: float) -> str:
+    if not balance:
+        return ""
+    names = list(dict.fromkeys(name for b in balance for name in b.rows))
+    series = [REAL, *names]
+    stages = [f"stage {b.stage}" for b in balance]
+    values = {
+        task: {
+            REAL: {f"stage {b.stage}": (b.real or {}).get(task) for b in balance},
+            **{n: {f"stage {b.stage}": b.sets.get(n, {}).get(task) for b in balance} for n in names},
+        }
+        for task in tasks
+    }
+    plot = report_plots.grouped_bars(tasks, stages, series, values, "positive rate")
+    head = ["stage", "rows of", "rows", *tasks]
+    body = []
+    for b in balance:
+        body.append([b.stage, REAL, _int(b.real_rows), *(_rate((b.real or {}).get(t)) for t in tasks)])
+        body += [[b.stage, n, _int(b.rows.get(n)), *(_rate(b.sets.get(n, {}).get(t)) for t in tasks)] for n in names]
+    return (
+        '<section id="balance"><h2>Label balance</h2>'
+        '<p class="note">Real: the share of positive labels in the stage\'s block. Others: the mean soft label '
+        f"σ(logit / T), T = {temperature:g}, of the rows that come from that stage (the positive rate a candidate "
+        "trained on them is taught), not a hard 0/1 threshold.</p>" + plot + _table(head, body, text_columns=2)
+        + "</section>"
+    )
+
+
+def _curves(curves: list[LossCurve]) -> str:
+    drawn = [c for c in curves if c.outer_loss]
+    if not drawn:
+        if not curves:
+            return ""
+        return '<section id="losses"><h2>Distillation loss</h2><p class="note">No optimisation steps.</p></section>'
+    panels: dict[str, list[tuple[str, list[float], list[tuple[int, float]]]]] = {}
+    for c in drawn:
+        every = c.address_every or 0
+        markers = [(1 + i * every, v) for i, v in enumerate(c.hard_loss_start)] if every else []
+        panels.setdefault(c.panel, []).append((c.label, c.outer_loss, markers))
+    head = ["curve", "iterations", "first", "last", "min", "hard targets at θ(t−1), first round"]
+    body = [
+        [f"{c.panel}: {c.label}", len(c.outer_loss), _num(c.outer_loss[0]), _num(c.outer_loss[-1]),
+         _num(min(c.outer_loss)), _num(c.hard_loss_start[0]) if c.hard_loss_start else "–"]
+        for c in drawn
+    ]  # fmt: skip
+    return (
+        '<section id="losses"><h2>Distillation loss</h2>'
+        '<p class="note">Outer loss of the bi-level optimisation: BCE on the hard targets of the real block after '
+        "the inner steps on the synthetic rows. Open circles: the hard targets' loss at the previous reference "
+        "(θ<sub>t−1</sub>) when they were chosen, every addressing round.</p>"
+        + report_plots.loss_panels(panels) + _table(head, body) + "</section>"
+    )
+
+
+def _evaluation(ev: Evaluation | None) -> str:
+    if ev is None:
+        return ""
+    best = {k: max((ev.cells[m][k].auc for m in ev.methods if math.isfinite(ev.cells[m][k].auc)), default=None)
+            for k in ev.models}  # fmt: skip
+    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full", "gap recovered"]
+    rows = []
+    means = []
+    for m in ev.methods:
+        cells = []
+        for k in ev.models:
+            c = ev.cells[m][k]
+            spread = f' <span class="std">±{c.auc_std:.4f}</span>' if ev.seeds > 1 else ""
+            cls = ' class="best"' if best[k] is not None and c.auc == best[k] else ""
+            cells.append(f"<td{cls}>{c.auc:.4f}{spread} / {c.logloss:.4f}</td>")
+        mean = float(np.mean([ev.cells[m][k].auc for k in ev.models]))
+        means.append(mean)
+        tau, gap = ev.kendall_tau.get(m), ev.gap_recovered.get(m)
+        rows.append(
+            f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
+            + "".join(cells)
+            + f"<td>{mean:.4f}</td><td>{'–' if tau is None else f'{tau:+.2f}'}</td>"
+            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td></tr>"
+        )
+    errors = [float(np.mean([ev.cells[m][k].auc_std for k in ev.models])) for m in ev.methods]
+    plot = report_plots.horizontal_bars(ev.methods, means, errors, "test AUC, mean over models (± mean std over seeds)")
+    table = (
+        '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+        + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
+    )  # fmt: skip
+    return (
+        '<section id="evaluation"><h2>Methods × models</h2>'
+        f'<p class="note">Test AUC / LogLoss averaged over tasks and {ev.seeds} seed(s); bold: best AUC per model; '
+        "★: best reduced-data method. τ: Kendall rank agreement of the models with full data; gap recovered: "
+        "share of the cold→full AUC gap.</p>" + table + plot + "</section>"
+    )
+
+
+def _config(config: dict[str, Any] | None) -> str:
+    if not config:
+        return ""
+    return (
+        '<section id="config"><h2>Configuration</h2><details><summary>as run</summary><pre>'
+        + _e(json.dumps(config, indent=2))
+        + "</pre></details></section>"
+    )
+
+
+def _table(head: list[str], body: list[list[Any]], text_columns: int = 1) -> str:
+    """A table whose first `text_columns` columns are left-aligned text, the rest right-aligned numbers."""
+    def cell(tag: str, i: int, value: Any) -> str:
+        align = ' class="t"' if i < text_columns else ""
+        return f"<{tag}{align}>{_e(str(value))}</{tag}>"
+
+    header = "".join(cell("th", i, h) for i, h in enumerate(head))
+    rows = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in body)
+    return f'<div class="scroll"><table><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _int(n: int | None) -> str:
+    return "–" if n is None else f"{n:,}"
+
+
+def _rate(x: float | None) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def _num(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "nan"
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _when(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)[:16].replace("T", " ")

@@ -1,0 +1,57 @@
+"""GET /datasets/{version}/report: a version's HTML page (lineage, sizes, label balance, loss curves).
+
+The page is drawn by diet_engine.report from the registry (the version and its parents, the
+blocks' label rates) and the version's synthetic.parquet, of which only the stage and logit
+columns are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
+
+from diet_engine.artifacts import SYNTHETIC
+from diet_engine.report import dataset_report, render, synthetic_label_rates
+from service.auth import require
+from service.deps import DatabaseDep, StorageDep
+from service.manifest import manifest
+from service.registry import blocks
+from service.routes.datasets import find_version
+
+router = APIRouter(tags=["datasets"])
+
+# The page is self-contained: it may load nothing, run nothing, and only style itself.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "Cache-Control": "private, no-cache",
+}
+
+
+@router.get(
+    "/datasets/{version}/report",
+    response_class=HTMLResponse,
+    dependencies=[Depends(require("read"))],
+    responses={200: {"content": {"text/html": {}}, "description": "a self-contained HTML page"}},
+)
+def report(version: str, db: DatabaseDep, storage: StorageDep) -> HTMLResponse:
+    # The registry's part first, in a session of its own, closed before the file is read and the page drawn.
+    with db.session() as session:
+        found = find_version(session, version)
+        lineage: list[dict[str, Any]] = []
+        current = found
+        while current is not None:
+            lineage.append(manifest(current).model_dump(mode="json"))
+            current = current.parent
+        lineage.reverse()
+        label_rates = {}
+        for ref in found.blocks:
+            block = blocks.get(session, ref["id"])
+            if block is not None:
+                label_rates[block.stage] = block.label_rates
+        synthetic_key = next(a["key"] for a in found.artifacts if a["name"] == SYNTHETIC)
+        temperature = float(found.config.get("distill", {}).get("temperature", 1.0))  # as the soft labels were made
+    with storage.open(synthetic_key) as fh:
+        distilled = synthetic_label_rates(fh, temperature)
+    return HTMLResponse(render(dataset_report(lineage, label_rates, distilled)), headers=HEADERS)
