@@ -164,8 +164,8 @@ def distill_stage(
     total_steps = -(-len(block) // reference.train.batch_size)
 
     def on_step(step: int, loss: float) -> None:
-        if step % 20 == 0 or step + 1 == total_steps:
-            report(StageProgress(phase="reference", step=step + 1, total=total_steps, losses={"reference": loss}))
+        # every step: the callback is where a cancelled job stops, and callers throttle their writes
+        report(StageProgress(phase="reference", step=step + 1, total=total_steps, losses={"reference": loss}))
 
     ref = continue_reference(ref_prev, block, reference, stage, device, on_step)
     reference_s = time.perf_counter() - t0
