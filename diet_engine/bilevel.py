@@ -107,8 +107,8 @@ def optimise_memory(
     """K outer iterations of DIET on `syn` against a pool of real rows of the current block."""
     syn = syn.detach()
     dense_prev = dense_prev.eval()
-    for p in dense_prev.parameters():
-        p.requires_grad_(False)
+    # every forward below goes through functional_call with these detached tensors:
+    # the module's own parameters are never differentiated or changed
     start = {k: v.detach() for k, v in dense_prev.named_parameters()}
     influence = Influence(dense_prev, cfg.influence_params)
     gen = torch.Generator().manual_seed(cfg.seed)

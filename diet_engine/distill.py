@@ -9,7 +9,6 @@ from files to files, as the service's worker runs it.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Callable
@@ -105,7 +104,7 @@ def distill_in_memory(
     def on_iter(i: int, loss: float) -> None:
         report(StageProgress(phase="optimise", step=i + 1, total=cfg.outer_iters, losses={"outer": loss}))
 
-    syn, log = optimise_memory(syn, _frozen_copy(reference_prev), rows.emb[pool], block.labels[pool], cfg, on_iter)
+    syn, log = optimise_memory(syn, reference_prev.dense, rows.emb[pool], block.labels[pool], cfg, on_iter)
     timings["optimise_s"] = time.perf_counter() - t0
 
     metrics = {
@@ -119,13 +118,6 @@ def distill_in_memory(
         "hard_loss_start": log.hard_loss_start,
     }
     return syn, metrics
-
-
-def _frozen_copy(model: CTRModel) -> torch.nn.Module:
-    dense = copy.deepcopy(model.dense).eval()
-    for p in dense.parameters():
-        p.requires_grad_(False)
-    return dense
 
 
 def distill_stage(

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from diet_engine.config import TrainConfig
-from diet_engine.data import Batch, Block, TensorBlock
+from diet_engine.data import Block, TensorBlock
 from diet_engine.metrics import TaskMetrics, task_metrics
 from diet_engine.models.base import CTRModel
 from diet_engine.synthetic import SyntheticSet
@@ -135,13 +134,3 @@ def evaluate(model: CTRModel, block: TensorBlock, device: str = "cpu") -> TaskMe
 def el2n_scores(logits: Tensor, labels: Tensor) -> Tensor:
     """EL2N (Paul et al., 2021): the L2 norm over tasks of sigmoid(f(x)) - y (eq. 6)."""
     return (torch.sigmoid(logits) - labels).norm(dim=-1)
-
-
-def all_rows(block: Block) -> Batch:
-    """Every row of a block as one batch (only for blocks known to fit in memory)."""
-    parts = list(block.batches(1 << 30))
-    return Batch(*(torch.cat([getattr(p, k) for p in parts]) for k in ("cat", "num", "labels")))
-
-
-def to_numpy(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
