@@ -5,7 +5,8 @@
   column `logit_<task>` per task. The file's metadata says F, D and the tasks.
 * `reference.safetensors`: the reference checkpoint (embedding tables and dense
   weights) with its model name, architecture, schema, stage and the number of
-  historical rows seen in the metadata. No pickles.
+  historical rows seen in the metadata. No pickles. Written with its header in a fixed order, so
+  the same checkpoint always gives the same bytes (and sha256).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel, ModelConfig
@@ -80,8 +82,26 @@ def save_reference(path: Path, model: CTRModel, arch: ModelConfig, stage: int, h
         "diet.history_rows": str(history_rows),
     }
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    tmp.write_bytes(canonical_safetensors(safetensors_bytes(state, metadata=meta)))
     tmp.replace(path)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its metadata keys sorted.
+
+    safetensors writes the metadata map in hash order, which changes from process to process, so
+    equal checkpoints would otherwise differ in bytes. The header is JSON after an 8-byte
+    little-endian length, padded with spaces to a multiple of 8; the tensor entries keep their order.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def reference_info(path: Path) -> ReferenceInfo:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,9 @@ from diet_engine.config import DistillConfig
 from diet_engine.influence import Influence, Params
 from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import bce, soft_targets
+
+if TYPE_CHECKING:
+    from diet_engine.checkpoint import StageCheckpoint
 
 
 class RowAdam:
@@ -103,8 +107,12 @@ def optimise_memory(
     pool_labels: Tensor,
     cfg: DistillConfig,
     on_iter: Callable[[int, float], None] | None = None,
+    checkpoint: StageCheckpoint | None = None,
 ) -> tuple[SyntheticSet, OptimiseLog]:
-    """K outer iterations of DIET on `syn` against a pool of real rows of the current block."""
+    """K outer iterations of DIET on `syn` against a pool of real rows of the current block.
+
+    With `checkpoint`, the loop's state is saved every few iterations and a saved state is resumed.
+    """
     syn = syn.detach()
     dense_prev = dense_prev.eval()
     # every forward below goes through functional_call with these detached tensors:
@@ -117,7 +125,12 @@ def optimise_memory(
     log = OptimiseLog()
     field_cap = pool_emb.norm(dim=-1).amax(0)  # [F]
     plan = None
-    for it in range(cfg.outer_iters):
+    first = 0
+    if checkpoint is not None:
+        first, plan = checkpoint.resume_loop(syn, (emb_opt, logit_opt), gen, log)
+    for it in range(first, cfg.outer_iters):
+        if checkpoint is not None:
+            checkpoint.reached(it, syn, (emb_opt, logit_opt), gen, log, plan)
         if plan is None or it % cfg.address_every == 0:
             plan = address(
                 influence, syn, pool_emb, pool_labels, cfg.hard_ratio, cfg.active_rows,

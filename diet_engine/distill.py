@@ -9,6 +9,7 @@ from files to files, as the service's worker runs it.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
 from diet_engine.bilevel import optimise_memory
 from diet_engine.boundary import boundary_select
+from diet_engine.checkpoint import StageCheckpoint, fingerprint
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.data import TensorBlock
 from diet_engine.influence import Influence
@@ -70,8 +72,12 @@ def distill_in_memory(
     history_rows: int,
     cfg: DistillConfig,
     progress: ProgressFn | None = None,
+    checkpoint: StageCheckpoint | None = None,
 ) -> tuple[SyntheticSet, dict]:
-    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t and the stage's metrics."""
+    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t and the stage's metrics.
+
+    `checkpoint` (bound to this stage's inputs) saves and resumes the bi-level loop.
+    """
     timings: dict[str, float] = {}
     report = progress or (lambda p: None)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
@@ -104,7 +110,7 @@ def distill_in_memory(
     def on_iter(i: int, loss: float) -> None:
         report(StageProgress(phase="optimise", step=i + 1, total=cfg.outer_iters, losses={"outer": loss}))
 
-    syn, log = optimise_memory(syn, reference_prev.dense, rows.emb[pool], block.labels[pool], cfg, on_iter)
+    syn, log = optimise_memory(syn, reference_prev.dense, rows.emb[pool], block.labels[pool], cfg, on_iter, checkpoint)
     timings["optimise_s"] = time.perf_counter() - t0
 
     metrics = {
@@ -131,8 +137,13 @@ def distill_stage(
     config: DistillConfig,
     progress: ProgressFn | None = None,
     device: str = "cpu",
+    checkpoint: StageCheckpoint | None = None,
 ) -> StageResult:
-    """Stage t from files: block t's Parquet and the stage t-1 version's artifacts (None at t = 1)."""
+    """Stage t from files: block t's Parquet and the stage t-1 version's artifacts (None at t = 1).
+
+    With `checkpoint`, the reference phase and the bi-level loop save their progress there, and a
+    stage run again with the same inputs resumes from it (to the same bytes as an undisturbed run).
+    """
     if stage < 1:
         raise ValueError("stages count from 1")
     if (previous is None) != (stage == 1):
@@ -140,6 +151,18 @@ def distill_stage(
     report = progress or (lambda p: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    # The global RNG (dropout) starts from the stage's seed, so the result does not depend on what
+    # the process ran before: a retry on another worker computes the same stage.
+    torch.manual_seed(reference.seed * 1000 + stage)
+    if checkpoint is not None:
+        inputs = [block_path] + ([previous / REFERENCE, previous / SYNTHETIC] if previous is not None else [])
+        settings = {
+            "stage": stage,
+            "schema": schema.model_dump(mode="json"),
+            "reference": reference.model_dump(mode="json"),
+            "distill": config.model_dump(mode="json"),
+        }
+        checkpoint.bind(fingerprint(inputs, device=device, **settings), device)
 
     history = None
     if previous is None:
@@ -159,11 +182,17 @@ def distill_stage(
         # every step: the callback is where a cancelled job stops, and callers throttle their writes
         report(StageProgress(phase="reference", step=step + 1, total=total_steps, losses={"reference": loss}))
 
-    ref = continue_reference(ref_prev, block, reference, stage, device, on_step)
+    ref = checkpoint.load_reference(copy.deepcopy(ref_prev)) if checkpoint is not None else None
+    if ref is not None:
+        ref = ref.to(device).eval()  # checkpoint t, saved by an earlier attempt at this stage
+    else:
+        ref = continue_reference(ref_prev, block, reference, stage, device, on_step)
+        if checkpoint is not None:
+            checkpoint.save_reference(ref)
     reference_s = time.perf_counter() - t0
 
     history_rows = seen + len(block)
-    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report)
+    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report, checkpoint)
     metrics["timings"] = {"reference_s": reference_s, **metrics["timings"], "total_s": time.perf_counter() - started}
 
     save_synthetic(out_dir / SYNTHETIC, syn, schema.labels)
