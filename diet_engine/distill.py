@@ -194,6 +194,8 @@ def distill_stage(
     history_rows = seen + len(block)
     syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report, checkpoint)
     metrics["timings"] = {"reference_s": reference_s, **metrics["timings"], "total_s": time.perf_counter() - started}
+    if checkpoint is not None and checkpoint.resumed:
+        metrics["resumed"] = dict(checkpoint.resumed)  # what an earlier attempt had done: {"reference", "loop"}
 
     save_synthetic(out_dir / SYNTHETIC, syn, schema.labels)
     save_reference(out_dir / REFERENCE, ref, reference.arch, stage, history_rows)

@@ -6,49 +6,54 @@ which reads the `DIET_*` environment and logs JSON lines.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import logs, problems
 from service.metrics import Metrics, RequestMetricsMiddleware
-from service.registry import jobs
+from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
-from service.registry.tables import utcnow
 from service.routes import blocks, datasets, health, reports, streams
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
-from worker.queue import enqueue, make_celery, prepare_broker
+from worker.queue import make_celery, prepare_broker
 
 log = logging.getLogger(__name__)
 
 
-def resend_lost_jobs(app: FastAPI) -> list[int]:
-    """Send again every job the broker may have lost (duplicates are harmless: a worker claims a job once)."""
+def reconcile_now(app: FastAPI, *, at_start: bool = False) -> Reconciled:
     state = app.state
-    stale_before = utcnow() - timedelta(seconds=state.settings.job_stale_after_s)
-    with state.db.session() as session:
-        ids = jobs.to_resend(session, stale_before)
-    for job_id in ids:
-        enqueue(state.celery, job_id)
-    if ids:
-        log.info("re-sent jobs the broker may have lost", extra={"jobs": ids})
-    return ids
+    return reconcile(state.settings, state.db, state.celery, state.storage, at_start=at_start)
+
+
+async def _reconcile_forever(app: FastAPI) -> None:
+    while True:
+        await asyncio.sleep(app.state.settings.reconcile_s)
+        try:
+            await run_in_threadpool(reconcile_now, app)
+        except Exception:  # never let the loop die; the next round tries again
+            log.exception("reconciling the job table failed")
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The API must come up (and say "not ready") even while the broker or the database is down.
+    await run_in_threadpool(reconcile_now, app, at_start=True)
+    loop = asyncio.create_task(_reconcile_forever(app), name="reconcile")
     try:
-        await run_in_threadpool(resend_lost_jobs, app)
-    except Exception:  # the API must come up (and say "not ready") even while the broker or DB is down
-        log.exception("could not re-send queued jobs at start")
-    yield
-    app.state.db.dispose()
+        yield
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        app.state.db.dispose()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     job_retry_backoff_s: int = Field(default=10, ge=1, description="first retry delay; doubles per retry")
     job_heartbeat_s: float = Field(default=15.0, gt=0)
     job_stale_after_s: float = Field(default=120.0, gt=0, description="a running job silent this long is lost")
+    job_checkpoint_every: int = Field(
+        default=25, ge=1, description="outer iterations between checkpoints of a stage's bi-level loop"
+    )
+    worker_threads: int = Field(
+        default=0, ge=0, description="torch CPU threads of a worker (0: torch's default); a resumed stage needs the same"
+    )
+    reconcile_s: float = Field(
+        default=15.0, gt=0, description="how often the API reconciles the job table with the broker and sweeps tmp/"
+    )
+    tmp_max_age_s: float = Field(
+        default=3600.0, ge=0, description="a temporary blob untouched this long was left by a dead writer: deleted"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -4,7 +4,9 @@ A local directory by default, any fsspec URL (`s3://bucket/prefix` with the
 `s3` extra) when configured. Keys are relative POSIX paths made of plain
 segments; nothing can name a file outside the root. New blobs are written
 under `tmp/` while their sha256 and size are counted, then renamed into place,
-so a reader never sees half a file under a real key.
+so a reader never sees half a file under a real key. A process killed while
+writing leaves its temporary blob behind; `sweep_tmp` deletes those that have
+not been touched for a while (the API does it at start and periodically).
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from datetime import datetime
+
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 CHUNK = 1 << 20
 MARKER = "diet-storage.txt"
+TMP = "tmp"
 _SEGMENT = re.compile(r"[A-Za-z0-9_.=@-]+")
 
 
@@ -106,7 +112,19 @@ class Storage:
 
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
         """A writer to a fresh temporary key; `rename` the blob into place once it is accepted."""
-        return BlobWriter(self, f"tmp/{uuid.uuid4().hex}", max_bytes)
+        return BlobWriter(self, f"{TMP}/{uuid.uuid4().hex}", max_bytes)
+
+    def stage_file(self, local: Path) -> Blob:
+        """A local file copied to a temporary blob; `rename` it into place once it is accepted."""
+        writer = self.writer()
+        try:
+            with open(local, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    writer.write(chunk)
+            return writer.close()
+        except BaseException:
+            writer.discard()
+            raise
 
     def put(self, chunks: Iterable[bytes], key: str) -> Blob:
         """Write chunks to a temporary blob, then rename it to key."""
@@ -122,8 +140,9 @@ class Storage:
         return Blob(key, blob.sha256, blob.bytes)
 
     def put_file(self, local: Path, key: str) -> Blob:
-        with open(local, "rb") as src:
-            return self.put(iter(lambda: src.read(CHUNK), b""), key)
+        blob = self.stage_file(local)
+        self.rename(blob.key, key)
+        return Blob(key, blob.sha256, blob.bytes)
 
     def rename(self, src: str, dst: str) -> None:
         dst_path = self.path(dst)
@@ -136,6 +155,31 @@ class Storage:
             self.fs.rm(self.path(key))
         except FileNotFoundError:
             pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every blob under prefix/ (nothing there is not an error)."""
+        path = self.path(prefix)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def sweep_tmp(self, max_age_s: float) -> list[str]:
+        """Delete temporary blobs untouched for max_age_s (left by a process that died mid-write); their keys."""
+        root = self.path(TMP)
+        try:
+            found = self.fs.find(root, detail=True)
+        except FileNotFoundError:
+            return []
+        cutoff = time.time() - max_age_s
+        swept = []
+        for path, info in found.items():
+            modified = _modified(info)
+            if modified is not None and modified <= cutoff:
+                try:
+                    self.fs.rm(path)
+                except FileNotFoundError:
+                    continue  # renamed into place, or swept by another process, meanwhile
+                swept.append(path.removeprefix(f"{self.root}/"))
+        return swept
 
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
@@ -172,3 +216,13 @@ class Storage:
     def ping(self) -> None:
         """Raise unless the storage answers."""
         self.fs.info(self.path(MARKER))
+
+
+def _modified(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time as epoch seconds (local files: mtime; object stores: LastModified)."""
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return None

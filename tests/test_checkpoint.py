@@ -55,7 +55,7 @@ def test_a_stage_resumed_from_its_checkpoint_equals_an_undisturbed_one(tiny_stre
 
     again = StageCheckpoint(tmp_path / "ck", every=4)
     result = run(tiny_stream, stage, tmp_path / "resumed", previous, again)
-    assert again.resumed == {"reference": 1, "loop": 8}
+    assert again.resumed == result.metrics["resumed"] == {"reference": 1, "loop": 8}
     assert same_bytes(tmp_path / "undisturbed", tmp_path / "resumed")
     assert len(result.metrics["outer_loss"]) + result.metrics["skipped_steps"] == CFG.outer_iters
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu import Producer
 
 from service.settings import Settings
 
@@ -23,8 +24,14 @@ def make_celery(settings: Settings) -> Celery:
         messages, control = _broker_folders(settings)
         options.update(data_folder_in=str(messages), data_folder_out=str(messages), control_folder=str(control))
     else:
-        # With acks_late, Redis hands an unacknowledged message to another worker after this
-        # long; a stage can run for hours, and the job row's heartbeat guards against doubles.
+        # Redelivery after a dead worker comes from the job table, not from the broker: a stage can
+        # run for hours, so Redis could only redeliver an unacknowledged message after a visibility
+        # timeout longer than any stage, i.e. hours after the worker died (a shorter one would hand
+        # healthy running jobs to second workers). The API's reconciler (service/reconcile.py) sees
+        # the heartbeat in the job row stop within DIET_JOB_STALE_AFTER_S and sends the job again,
+        # and the next attempt resumes from the stage's checkpoint. acks_late and
+        # reject_on_worker_lost stay as a last resort: a message whose worker died before claiming
+        # the job comes back after this timeout (a duplicate is a no-op: jobs are claimed once).
         options["visibility_timeout"] = 24 * 3600
     options.update(settings.broker_options)
 
@@ -61,6 +68,31 @@ def prepare_broker(settings: Settings) -> None:
 
 def enqueue(celery: Celery, job_id: int) -> None:
     celery.send_task(DISTILL_TASK, args=[job_id], queue=celery.conf.task_default_queue)
+
+
+def _marker_queue(celery: Celery) -> str:
+    return f"{celery.conf.task_default_queue}.marker"
+
+
+def broker_kept_its_state(celery: Celery) -> bool:
+    """Whether the marker message is still in the broker; puts one there if not.
+
+    A broker that restarted without persistence (or was flushed) lost every queued message, and
+    its marker with them: False then tells the caller to send every queued job again.
+    """
+    name = _marker_queue(celery)
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=3)
+        channel = conn.default_channel
+        # Not a passive declare: Redis counts an empty queue as missing, and missing is the news here.
+        if channel.queue_declare(queue=name, durable=True, auto_delete=False).message_count > 0:
+            return True
+        Producer(channel).publish(
+            {"diet": "broker marker: its loss means the broker lost its queued messages"},
+            routing_key=name,  # the default exchange: straight to the queue of that name
+            serializer="json",
+        )
+        return False
 
 
 def ping_broker(celery: Celery) -> None:

@@ -1,9 +1,14 @@
 """The distill task: job row -> engine (`distill_stage`) -> artifacts in storage -> dataset version.
 
-The version row and the job's success are committed in one transaction, after
-the artifacts are in place. Infrastructure errors (storage, database, I/O) put
-the job back in the queue with a growing delay; anything else (a bad config, a
-bad block) fails it at once.
+The stage checkpoints its progress (diet_engine.checkpoint) and each checkpoint
+file is copied to storage under `checkpoints/<stream>/job-<id>/`, so the next
+attempt at a job, on any worker, resumes where the last one stopped (the
+fingerprint in the files makes sure it computes the same bytes). Artifacts are
+written to temporary blobs and renamed into place only by the attempt that
+still owns the job, with its row locked; the version row and the job's success
+are then committed in one transaction. Infrastructure errors (storage,
+database, I/O) put the job back in the queue with a growing delay; anything
+else (a bad config, a bad block) fails it at once.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from typing import Any
 
 import torch
 from celery import Task
+from celery.exceptions import Retry
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from diet_engine.artifacts import REFERENCE, SYNTHETIC
+from diet_engine.checkpoint import FILES as CHECKPOINT_FILES
+from diet_engine.checkpoint import StageCheckpoint
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.distill import StageResult, distill_stage
 from diet_engine.schema import StreamSchema
@@ -32,7 +40,7 @@ from service.registry import datasets, jobs, streams
 from service.registry.db import Database
 from service.registry.tables import DatasetVersion, Job, JobStatus, utcnow
 from service.settings import Settings, get_settings
-from service.storage import Storage
+from service.storage import Blob, Storage
 from worker.app import app
 from worker.progress import JobAborted, JobReporter
 from worker.queue import DISTILL_TASK, enqueue
@@ -68,6 +76,10 @@ class Runtime:
 def runtime() -> Runtime:
     """One database pool and storage client per worker process."""
     settings = get_settings()
+    if settings.worker_threads:
+        # CPU results depend on how kernels split work between threads: pinning the count lets a
+        # retry on another worker resume this one's checkpoint (its fingerprint records the count).
+        torch.set_num_threads(settings.worker_threads)
     return Runtime(settings, Database(settings.database_url), Storage(settings.storage_url, settings.storage_options))
 
 
@@ -84,7 +96,19 @@ def distill(self: Task, job_id: int) -> None:
         log.warning("job %s: infrastructure error outside the stage, retrying: %s", job_id, exc)
         raise self.retry(exc=exc, countdown=rt.retry_delay(retries + 1)) from exc
     if delay is not None:
-        raise self.retry(countdown=delay)
+        try:
+            raise self.retry(countdown=delay)  # the job row says sent (jobs.requeue)
+        except Retry:
+            raise
+        except BrokerError:
+            _mark_sent(rt, job_id, sent=False)  # not sent after all: the API's reconciler sends it
+            raise
+
+
+def _mark_sent(rt: Runtime, job_id: int, sent: bool = True) -> None:
+    with rt.db.session() as session:
+        jobs.mark_sent(session, job_id, sent)
+        session.commit()
 
 
 def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | None:
@@ -102,6 +126,10 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
             label = _distill(rt, job_id, attempt, reporter)
     except JobAborted as exc:
         log.info("job %s stopped: %s", job_id, exc)
+        with rt.db.session() as session:
+            job = jobs.get(session, job_id)
+            if job is not None and job.status == JobStatus.cancelled:
+                _drop_checkpoint(rt, _checkpoint_prefix(job))  # taken over by another attempt: that one resumes from it
         return None
     except Exception as exc:
         return _failed(rt, job_id, attempt, exc)
@@ -111,10 +139,22 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
     try:
         for waiting_id in waiting:
             send(waiting_id)
+            _mark_sent(rt, waiting_id)
     except BrokerError:
-        # The job is done; its followers stay queued and are sent again when the API next starts.
+        # The job is done; its followers stay queued, unsent, and the API's reconciler sends them.
         log.exception("could not send the jobs waiting for job %s: %s", job_id, waiting)
     return None
+
+
+def _checkpoint_prefix(job: Job) -> str:
+    return datasets.checkpoint_prefix(job.stream.name, job.id)
+
+
+def _drop_checkpoint(rt: Runtime, prefix: str) -> None:
+    try:
+        rt.storage.delete_prefix(prefix)
+    except OSError as exc:  # a leftover checkpoint costs space only
+        log.warning("could not delete the checkpoint %s: %s", prefix, exc)
 
 
 def _failed(rt: Runtime, job_id: int, attempt: int, exc: Exception) -> float | None:
@@ -127,6 +167,8 @@ def _failed(rt: Runtime, job_id: int, attempt: int, exc: Exception) -> float | N
         else:
             owned = jobs.fail(session, job_id, attempt, error)
         session.commit()
+        if owned and not retry:
+            _drop_checkpoint(rt, _checkpoint_prefix(jobs.get(session, job_id)))
     return rt.retry_delay(attempt) if retry and owned else None
 
 
@@ -136,6 +178,7 @@ class _Plan:
 
     stream: str
     stage: int
+    checkpoint_prefix: str
     schema: StreamSchema
     reference: ReferenceConfig
     config: DistillConfig
@@ -148,6 +191,7 @@ def _plan(session: Session, job: Job) -> _Plan:
     return _Plan(
         stream=job.stream.name,
         stage=job.stage,
+        checkpoint_prefix=_checkpoint_prefix(job),
         schema=StreamSchema.model_validate(job.stream.schema_doc),
         reference=ReferenceConfig.model_validate(job.stream.reference),
         config=DistillConfig.model_validate(job.config),
@@ -197,25 +241,49 @@ def _distill(rt: Runtime, job_id: int, attempt: int, reporter: JobReporter) -> s
             config=plan.config,
             progress=reporter.progress,
             device=rt.device,
+            checkpoint=_checkpoint(rt, plan, scratch / "checkpoint"),
         )
         reporter.check()
-        prefix = datasets.artifact_prefix(plan.stream, job_id)
-        artifacts = []
-        for name in DATA_ARTIFACTS:
-            blob = rt.storage.put_file(out / result.files[name], f"{prefix}/{name}")
-            artifacts.append({"name": name, "key": blob.key, "bytes": blob.bytes, "sha256": blob.sha256})
-    return _register(rt, job_id, attempt, plan, result, artifacts)
+        staged: dict[str, Blob] = {}
+        try:
+            for name in DATA_ARTIFACTS:
+                staged[name] = rt.storage.stage_file(out / result.files[name])
+            return _register(rt, job_id, attempt, plan, result, staged)
+        finally:
+            for blob in staged.values():
+                rt.storage.delete(blob.key)  # gone already where it was renamed into place
+
+
+def _checkpoint(rt: Runtime, plan: _Plan, folder: Path) -> StageCheckpoint:
+    """The stage's checkpoint folder, with what an earlier attempt left in storage; each save goes back there."""
+    folder.mkdir()
+    for name in CHECKPOINT_FILES:
+        key = f"{plan.checkpoint_prefix}/{name}"
+        if rt.storage.exists(key):
+            rt.storage.local_copy(key, folder, name)
+            log.info("resuming from a checkpoint", extra={"key": key})
+
+    def upload(path: Path) -> None:
+        rt.storage.put_file(path, f"{plan.checkpoint_prefix}/{path.name}")
+
+    return StageCheckpoint(folder, every=rt.settings.job_checkpoint_every, on_save=upload)
 
 
 def _register(
-    rt: Runtime, job_id: int, attempt: int, plan: _Plan, result: StageResult, artifacts: list[dict[str, Any]]
+    rt: Runtime, job_id: int, attempt: int, plan: _Plan, result: StageResult, staged: dict[str, Blob]
 ) -> str:
-    """Number the version, write manifest.json, record the version and the job's success: one transaction."""
+    """Put the artifacts in place, number the version, write manifest.json, record the version and the
+    job's success: one transaction, by the attempt that owns the job (its row locked meanwhile)."""
     with rt.db.session() as session:
         job = jobs.lock_attempt(session, job_id, attempt)
         if job is None:
-            raise JobAborted(f"job {job_id} was cancelled before its version was recorded")
+            raise JobAborted(f"job {job_id} was cancelled or taken over before its version was recorded")
         streams.by_name(session, plan.stream, lock=True)  # version numbers are handed out one at a time
+        prefix = datasets.artifact_prefix(plan.stream, job_id)
+        artifacts = []
+        for name, blob in staged.items():
+            rt.storage.rename(blob.key, f"{prefix}/{name}")
+            artifacts.append({"name": name, "key": f"{prefix}/{name}", "bytes": blob.bytes, "sha256": blob.sha256})
         parent = session.get(DatasetVersion, plan.parent.id) if plan.parent else None
         version = DatasetVersion(
             stream_id=job.stream_id,
@@ -239,11 +307,13 @@ def _register(
         session.add(version)
         session.flush()
         document = manifest(version, with_manifest_file=False).model_dump_json(indent=2).encode()
-        blob = rt.storage.put([document], f"{datasets.artifact_prefix(plan.stream, job_id)}/{MANIFEST}")
+        blob = rt.storage.put([document], f"{prefix}/{MANIFEST}")
         version.artifacts = [
             *artifacts,
             {"name": MANIFEST, "key": blob.key, "bytes": blob.bytes, "sha256": blob.sha256},
         ]
         jobs.finish(session, job, JobStatus.succeeded)
         session.commit()
-        return version.label
+        label = version.label
+    _drop_checkpoint(rt, plan.checkpoint_prefix)
+    return label

@@ -14,6 +14,11 @@ def artifact_prefix(stream: str, job_id: int) -> str:
     return f"datasets/{stream}/job-{job_id}"
 
 
+def checkpoint_prefix(stream: str, job_id: int) -> str:
+    """Where a job's stage keeps its checkpoints while it runs, for the next attempt to resume from."""
+    return f"checkpoints/{stream}/job-{job_id}"
+
+
 def get(session: Session, stream_id: int, number: int) -> DatasetVersion | None:
     return session.scalar(
         select(DatasetVersion).where(DatasetVersion.stream_id == stream_id, DatasetVersion.number == number)

@@ -1,10 +1,13 @@
 """Jobs: the state machine of a stage's distillation, kept in the database.
 
-queued -> running -> succeeded | failed, and queued/running -> cancelled.
+queued -> running -> succeeded | failed, and queued/running -> cancelled;
+running -> queued again when its worker falls silent (`release_silent`).
 A worker *claims* a job with one conditional UPDATE, so a message delivered
 twice runs the job once; every later write of that worker names the attempt
 it claimed, so a job that was cancelled, or taken over after its worker went
-silent, is never overwritten by the old attempt.
+silent, is never overwritten by the old attempt. `sent_at` says whether a
+message for a queued job is known to be on its way; the API's reconciler
+(service/reconcile.py) sends the queued jobs that have none.
 """
 
 from __future__ import annotations
@@ -123,14 +126,59 @@ def lock_attempt(session: Session, job_id: int, attempt: int) -> Job | None:
 
 
 def requeue(session: Session, job_id: int, attempt: int, error: str) -> bool:
-    """Back to queued after an infrastructure error; the broker brings the retry."""
+    """Back to queued after an infrastructure error; the broker brings the retry (sent right after)."""
+    now = utcnow()
     result = session.execute(
         update(Job)
         .where(_this_attempt(job_id, attempt))
-        .values(status=JobStatus.queued.value, error=error, updated_at=utcnow())
+        .values(status=JobStatus.queued.value, error=error, sent_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def mark_sent(session: Session, job_id: int, sent: bool = True) -> None:
+    """Record that the broker took a message for this queued job (or, `sent=False`, that it did not)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+        .values(sent_at=utcnow() if sent else None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release_silent(session: Session, stale_before: datetime) -> list[int]:
+    """Running jobs whose heartbeat is older than stale_before lost their worker: queued again, unsent."""
+    result = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.running.value, Job.heartbeat_at < stale_before)
+        .values(
+            status=JobStatus.queued.value,
+            sent_at=None,
+            error="its worker stopped sending heartbeats; queued again (the next attempt resumes from the checkpoint)",
+            updated_at=utcnow(),
+        )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(result.scalars())
+
+
+def forget_sent(session: Session) -> int:
+    """The broker lost its messages: no queued job has one on its way any more."""
+    result = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.queued.value, Job.sent_at.is_not(None))
+        .values(sent_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def unsent(session: Session) -> list[int]:
+    """Queued jobs that are ready to run and have no message on its way."""
+    stmt = select(Job.id).where(Job.status == JobStatus.queued.value, Job.sent_at.is_(None), _ready()).order_by(Job.id)
+    return list(session.scalars(stmt))
 
 
 def fail(session: Session, job_id: int, attempt: int, error: str) -> bool:
@@ -162,28 +210,17 @@ def waiting_on(session: Session, job_id: int) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.after_job_id == job_id, Job.status == JobStatus.queued.value)))
 
 
-def to_resend(session: Session, stale_before: datetime) -> list[int]:
-    """Jobs a broker may have lost: queued and ready, or running with a silent worker."""
-    stmt = (
-        select(Job.id)
-        .where(
-            _ready(),
-            or_(
-                Job.status == JobStatus.queued.value,
-                (Job.status == JobStatus.running.value) & (Job.heartbeat_at < stale_before),
-            ),
-        )
-        .order_by(Job.id)
-    )
-    return list(session.scalars(stmt))
-
-
 def requeue_orphans(session: Session) -> int:
     """Embedded start: no worker runs yet, so every running job lost its worker."""
     result = session.execute(
         update(Job)
         .where(Job.status == JobStatus.running.value)
-        .values(status=JobStatus.queued.value, error="the service stopped while this job ran", updated_at=utcnow())
+        .values(
+            status=JobStatus.queued.value,
+            sent_at=None,
+            error="the service stopped while this job ran",
+            updated_at=utcnow(),
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount

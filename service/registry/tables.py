@@ -153,6 +153,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
+    # When its message last went to the broker; None: queued with no message known to be on its way
+    # (never sent, sent before the broker lost its state, or taken back from a silent worker).
+    sent_at: Mapped[datetime | None]
 
     stream: Mapped[Stream] = relationship(lazy="joined", innerjoin=True)
     block: Mapped[Block] = relationship()

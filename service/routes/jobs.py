@@ -118,6 +118,8 @@ def _send(session: Session, celery: Celery, job: Job) -> None:
     """Queue a committed job (a worker must be able to see the row when the message arrives)."""
     try:
         enqueue(celery, job.id)
+        jobs.mark_sent(session, job.id)
+        session.commit()
     except BrokerError as exc:
         log.error("broker unavailable: %s", exc)
         jobs.finish(session, job, JobStatus.failed, f"the job queue was unavailable: {exc}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -114,6 +116,11 @@ class Process:
         pid = self.popen.pid
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, with no chance to clean up (a crash, the OOM killer)."""
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
+
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM, as a service manager stops it, then wait for it to exit."""
         if self.popen.poll() is None:
@@ -132,3 +139,34 @@ class Process:
         except ProcessLookupError:
             pass
         self._log.close()
+
+
+def deployed_env(tmp_path: Path, database_url: str, redis_url: str, redis_prefix: str, **settings: object) -> dict[str, str]:
+    """The DIET_* environment of an API and workers on Postgres, Redis and a storage folder (docker-compose's)."""
+    env = {
+        "DIET_DATA_DIR": str(tmp_path / "unused"),
+        "DIET_DATABASE_URL": database_url,
+        "DIET_BROKER_URL": redis_url,
+        "DIET_BROKER_OPTIONS": json.dumps({"global_keyprefix": redis_prefix}),
+        "DIET_STORAGE_URL": f"file://{tmp_path / 'bucket'}",
+        "DIET_BOOTSTRAP_TOKEN": BOOTSTRAP_TOKEN,
+        "DIET_WORKER_DEVICE": "cpu",
+        "DIET_QUEUE": f"{redis_prefix}distill",
+    }
+    env.update({f"DIET_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def api_process(name: str, env: dict[str, str], log_dir: Path, port: int) -> Process:
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:main", "--port", str(port), "--no-access-log"]
+    return Process(name, command, env, log_dir)
+
+
+def worker_process(name: str, env: dict[str, str], log_dir: Path) -> Process:
+    """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
+        f"--queues={env['DIET_QUEUE']}", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    return Process(name, command, env, log_dir)

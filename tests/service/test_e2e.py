@@ -15,7 +15,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import BOOTSTRAP_TOKEN, PARQUET, REDIS_URL, Process, client, free_port
+from service_support import (
+    BOOTSTRAP_TOKEN,
+    PARQUET,
+    REDIS_URL,
+    Process,
+    api_process,
+    client,
+    deployed_env,
+    free_port,
+    worker_process,
+)
 
 from diet_engine.artifacts import load_reference, load_synthetic
 from service.registry import migrate
@@ -157,32 +167,12 @@ def test_embedded_service(tmp_path, processes, ml100k_dir, ml100k_schema):
 @pytest.mark.redis
 def test_deployed_service(tmp_path, processes, postgres_url, redis_prefix, ml100k_dir, ml100k_schema):
     """uvicorn + a Celery worker process, with Postgres, Redis and a storage root, as docker-compose runs them."""
-    env = {
-        "DIET_DATA_DIR": str(tmp_path / "unused"),
-        "DIET_DATABASE_URL": postgres_url,
-        "DIET_BROKER_URL": REDIS_URL,
-        "DIET_BROKER_OPTIONS": json.dumps({"global_keyprefix": redis_prefix}),
-        "DIET_STORAGE_URL": f"file://{tmp_path / 'bucket'}",
-        "DIET_BOOTSTRAP_TOKEN": BOOTSTRAP_TOKEN,
-        "DIET_WORKER_DEVICE": "cpu",
-        "DIET_QUEUE": f"{redis_prefix}distill",
-    }
+    env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix)
     migrate.upgrade(postgres_url)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    api = Process(
-        "api",
-        [sys.executable, "-m", "uvicorn", "--factory", "service.app:main", "--port", str(port), "--no-access-log"],
-        env,
-        tmp_path,
-    )
-    worker = Process(
-        "worker",
-        [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
-         f"--queues={env['DIET_QUEUE']}", "--loglevel=INFO", f"--hostname={redis_prefix}worker@%h"],
-        env,
-        tmp_path,
-    )  # fmt: skip
+    api = api_process("api", env, tmp_path, port)
+    worker = worker_process("worker", env, tmp_path)
     processes.extend([api, worker])
     api.wait_healthy(base_url)
 

@@ -16,7 +16,7 @@ def _messages(service) -> list[dict]:
     """The distill messages waiting in the embedded folder broker, as job ids."""
     folder = Path(service.settings.data_dir) / "broker" / "messages"
     out = []
-    for path in sorted(folder.glob("*.msg")):
+    for path in sorted(folder.glob(f"*.{service.settings.queue}.msg")):  # not the broker's marker
         envelope = json.loads(path.read_text())
         out.append(envelope["headers"]["argsrepr"])
     return out

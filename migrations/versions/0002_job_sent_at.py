@@ -1,0 +1,29 @@
+"""Jobs remember when their message last went to the broker (`sent_at`), so lost messages can be sent again.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-23
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # Existing queued jobs start unsent: the API's reconciler sends them once (a duplicate is a no-op).
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("sent_at")

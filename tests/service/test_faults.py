@@ -1,0 +1,169 @@
+"""Real faults, injected while the service works, and what must hold afterwards: nothing lost, nothing twice.
+
+* a worker SIGKILLed in the middle of a stage's bi-level loop;
+* the API SIGKILLed while a block upload streams in; two uploads of the same bytes at once;
+* Redis (without persistence) restarted while jobs wait in its queue;
+* PostgreSQL stopped under a running API, and started again.
+
+Each test runs its own processes (uvicorn, Celery workers) and, where it breaks one, its own
+server (fault_support): the machine's shared Postgres and Redis are never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fault_support import OwnPostgres, OwnRedis
+from service_support import (
+    BOOTSTRAP_TOKEN,
+    PARQUET,
+    REDIS_URL,
+    Process,
+    api_process,
+    client,
+    deployed_env,
+    free_port,
+    worker_process,
+)
+from test_e2e import LIGHT_REFERENCE
+
+from service.registry import migrate
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
+
+# Quick to notice a dead worker: a heartbeat twice a second, silent for 4 s is dead, reconciled every second.
+FAST_RECOVERY = {"job_heartbeat_s": 0.5, "job_stale_after_s": 4, "reconcile_s": 1}
+
+
+def poll(what: Callable[[], object], timeout: float, interval: float = 0.1, message: str = "") -> object:
+    """what() until it is truthy; its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout}s: {message}")
+
+
+def finished(c: httpx.Client, job_id: int, timeout: float, logs: Callable[[], str]) -> dict:
+    def done() -> dict | None:
+        job = c.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    try:
+        return poll(done, timeout, 0.25, f"job {job_id} to finish")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs()}") from None
+
+
+def upload(c: httpx.Client, stream: str, path: Path) -> dict:
+    response = c.post("/blocks", params={"stream": stream}, content=path.read_bytes(), headers=PARQUET)
+    assert response.status_code in (200, 201), response.text
+    return response.json()
+
+
+def artifact_digests(c: httpx.Client, version: str) -> dict[str, str]:
+    """sha256 of each data artifact as downloaded (not as the registry says)."""
+    manifest = c.get(f"/datasets/{version}").json()
+    return {
+        a["name"]: hashlib.sha256(c.get(a["url"]).content).hexdigest()
+        for a in manifest["artifacts"]
+        if a["name"] != "manifest.json"
+    }
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    redis = OwnRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.kill()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    postgres = OwnPostgres()
+    postgres.start()
+    yield postgres
+    postgres.remove()
+
+
+# --------------------------------------------------------------------------------------------- 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_bytes(
+    tmp_path, processes, postgres_url, redis_prefix, ml100k_dir, ml100k_schema
+):
+    """SIGKILL the worker in the bi-level loop: the job row's heartbeat stops, the API's reconciler
+    queues the job again, a second worker resumes it from the loop checkpoint, one version is
+    registered, and its artifacts have the bytes of an undisturbed run of the same seed."""
+    env = deployed_env(
+        tmp_path, postgres_url, REDIS_URL, redis_prefix, worker_threads=1, job_checkpoint_every=20, **FAST_RECOVERY
+    )
+    migrate.upgrade(postgres_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    api = api_process("api", env, tmp_path, port)
+    first = worker_process("worker-1", env, tmp_path)
+    processes.extend([api, first])
+    api.wait_healthy(base_url)
+    second: Process | None = None
+
+    def logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.logs(4000)}" for p in (api, first, second) if p is not None)
+
+    # Long enough a loop for the kill to land in it (60-100 ms an iteration on one thread).
+    overrides = {"outer_iters": 120, "target_pool_rows": 2048}
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        for stream in ("calm", "killed"):
+            definition = {"name": stream, "schema": ml100k_schema, "reference": LIGHT_REFERENCE}
+            assert c.post("/streams", json=definition).status_code == 201
+            upload(c, stream, ml100k_dir / "b1.parquet")
+
+        calm = c.post("/jobs/distill", json={"stream": "calm", "stage": 1, "overrides": overrides}).json()
+        assert finished(c, calm["id"], 60, logs)["status"] == "succeeded", logs()
+
+        job = c.post("/jobs/distill", json={"stream": "killed", "stage": 1, "overrides": overrides}).json()
+
+        def in_the_loop() -> dict | None:
+            progress = c.get(f"/jobs/{job['id']}").json()["progress"]
+            return progress if progress and progress["phase"] == "optimise" and progress["step"] > 45 else None
+
+        at_kill = poll(in_the_loop, 60, 0.05, "the job to reach the bi-level loop")
+        first.kill()
+        killed_at = time.monotonic()
+        second = worker_process("worker-2", env, tmp_path)  # as a service manager would start one
+        processes.append(second)
+
+        done = finished(c, job["id"], 60, logs)
+        assert done["status"] == "succeeded", logs()
+        assert done["attempts"] == 2 and done["dataset"] == "killed@v1"
+        print(f"killed at {at_kill}; redelivered and finished {time.monotonic() - killed_at:.1f}s after the kill")
+        print("undisturbed timings", c.get("/datasets/calm@v1").json()["metrics"]["timings"])
+        print("resumed", c.get("/datasets/killed@v1").json()["metrics"]["resumed"])
+
+        versions = c.get("/datasets", params={"stream": "killed"}).json()["items"]
+        assert [v["version"] for v in versions] == ["killed@v1"]
+        manifest = c.get("/datasets/killed@v1").json()
+        # The second attempt went on from the last loop checkpoint, not from the start.
+        resumed = manifest["metrics"]["resumed"]
+        assert resumed["reference"] == 1 and 20 <= resumed["loop"] <= at_kill["step"] + 40, resumed
+        assert "resuming from a checkpoint" in second.logs()
+
+        assert artifact_digests(c, "killed@v1") == artifact_digests(c, "calm@v1")
+    # The checkpoints went with the job's success.
+    assert not (tmp_path / "bucket" / "checkpoints" / "killed").exists() or not files_under(
+        tmp_path / "bucket" / "checkpoints" / "killed"
+    )
