@@ -76,13 +76,17 @@ def register(db: Database, storage: Storage, stream: Stream, blob: Blob, stage: 
     stats = check_block(storage, blob, StreamSchema.model_validate(stream.schema_doc))
     key = blocks.blob_key(stream.name, blob.sha256)
     with db.session() as session:
-        stage = stage or blocks.next_stage(session, stream.id)
-        taken = blocks.by_stage(session, stream.id, stage)
+        # Checked again: another upload of the same bytes may have been recorded while this one was read.
+        again = blocks.by_sha256(session, stream.id, blob.sha256)
+        if again is not None:
+            return _same_bytes(again, stage), False
+        at = stage or blocks.next_stage(session, stream.id)
+        taken = blocks.by_stage(session, stream.id, at)
         if taken is not None:
-            raise Problem(409, f"stage {stage} of {stream.name!r} already holds block {taken.id} (other bytes)")
+            raise Problem(409, f"stage {at} of {stream.name!r} already holds block {taken.id} (other bytes)")
         block = Block(
             stream_id=stream.id,
-            stage=stage,
+            stage=at,
             sha256=blob.sha256,
             key=key,
             rows=stats.rows,
@@ -100,7 +104,7 @@ def register(db: Database, storage: Storage, stream: Stream, blob: Blob, stage: 
             again = blocks.by_sha256(session, stream.id, blob.sha256)
             if again is not None:
                 return _same_bytes(again, stage), False
-            raise Problem(409, f"stage {stage} of {stream.name!r} was taken by another upload meanwhile") from None
+            raise Problem(409, f"stage {at} of {stream.name!r} was taken by another upload meanwhile") from None
         # The row is flushed (its unique keys are ours) before the blob takes its final name,
         # and the blob goes again if the row cannot be committed.
         storage.rename(blob.key, key)
@@ -110,7 +114,7 @@ def register(db: Database, storage: Storage, stream: Stream, blob: Blob, stage: 
             storage.delete(key)
             raise
         session.refresh(block, ["stream"])  # loaded now: the caller reads it after the session is gone
-        log.info("block recorded", extra={"stream": stream.name, "stage": stage, "block": block.id, "rows": stats.rows})
+        log.info("block recorded", extra={"stream": stream.name, "stage": at, "block": block.id, "rows": stats.rows})
         return block, True
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fault_support import OwnPostgres, OwnRedis
 from service_support import (
@@ -33,6 +35,8 @@ from service_support import (
 )
 from test_e2e import LIGHT_REFERENCE
 
+from diet_client import DietClient
+from diet_client.transfer import CHUNK
 from service.registry import migrate
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
@@ -167,3 +171,118 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_b
     assert not (tmp_path / "bucket" / "checkpoints" / "killed").exists() or not files_under(
         tmp_path / "bucket" / "checkpoints" / "killed"
     )
+
+
+# --------------------------------------------------------------------------------------------- 2
+
+
+def big_block(source: Path, dest: Path, copies: int = 8) -> Path:
+    """The rows of a block several times over, uncompressed: a few MiB, so an upload takes several chunks."""
+    table = pq.read_table(source)
+    pq.write_table(pa.concat_tables([table] * copies), dest, compression="none", use_dictionary=False)
+    assert dest.stat().st_size > 3 * CHUNK
+    return dest
+
+
+def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds(
+    tmp_path, processes, postgres_url, redis_prefix, ml100k_dir, ml100k_schema
+):
+    max_age = 1.0  # temporary blobs idle this long are abandoned
+    env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix, tmp_max_age_s=max_age)
+    migrate.upgrade(postgres_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    api = api_process("api", env, tmp_path, port)
+    processes.append(api)
+    api.wait_healthy(base_url)
+    bucket = tmp_path / "bucket"
+    block = big_block(ml100k_dir / "b1.parquet", tmp_path / "big.parquet")
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
+
+    paused, resume = threading.Event(), threading.Event()
+
+    def hold_after_the_first_chunk(done: int, total: int) -> None:
+        if done >= CHUNK and not paused.is_set():  # the first attempt only
+            paused.set()
+            assert resume.wait(60)
+
+    outcome: dict[str, object] = {}
+
+    def push() -> None:
+        try:
+            with DietClient(base_url, BOOTSTRAP_TOKEN, retries=8, backoff_s=0.25, max_backoff_s=2) as diet:
+                outcome["upload"] = diet.upload_block("s", block, on_progress=hold_after_the_first_chunk)
+        except Exception as exc:  # shown by the assertion below
+            outcome["error"] = exc
+
+    uploader = threading.Thread(target=push)
+    uploader.start()
+    assert paused.wait(30)
+    # The API is writing the body to a temporary blob: kill it there.
+    partial = poll(lambda: [p for p in (bucket / "tmp").glob("*") if p.stat().st_size > 0], 10)
+    api.kill()
+    [orphan] = partial
+    time.sleep(max(0.0, orphan.stat().st_mtime + max_age + 0.2 - time.time()))
+
+    again = api_process("api-again", env, tmp_path, port)
+    processes.append(again)
+    again.wait_healthy(base_url)
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        assert c.get("/blocks", params={"stream": "s"}).json()["items"] == []  # no block row
+    assert not orphan.exists(), "the abandoned upload was not swept when the API started"
+    assert files_under(bucket) == ["diet-storage.txt"]
+
+    resume.set()  # the client's next write meets the dead connection; it retries against the new API
+    uploader.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    uploaded = outcome["upload"]
+    assert uploaded.created and uploaded.block.sha256 == hashlib.sha256(block.read_bytes()).hexdigest()
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        assert [b["id"] for b in c.get("/blocks", params={"stream": "s"}).json()["items"]] == [uploaded.block.id]
+    assert files_under(bucket) == [f"blocks/s/{uploaded.block.sha256}.parquet", "diet-storage.txt"]
+
+
+def test_two_uploads_of_the_same_bytes_at_once_make_one_block(
+    tmp_path, processes, postgres_url, redis_prefix, ml100k_dir, ml100k_schema
+):
+    env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix)
+    migrate.upgrade(postgres_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    api = api_process("api", env, tmp_path, port)
+    processes.append(api)
+    api.wait_healthy(base_url)
+    block = big_block(ml100k_dir / "b2.parquet", tmp_path / "big.parquet")
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
+
+    # Both bodies stream side by side, and both end (and are checked and recorded) at the same time.
+    together = threading.Barrier(2, timeout=30)
+
+    def in_step(done: int, total: int) -> None:
+        if 0 < done < total:
+            together.wait()
+
+    outcomes: list[object] = []
+
+    def push() -> None:
+        try:
+            with DietClient(base_url, BOOTSTRAP_TOKEN, retries=0) as diet:
+                outcomes.append(diet.upload_block("s", block, on_progress=in_step))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    uploaders = [threading.Thread(target=push) for _ in range(2)]
+    for uploader in uploaders:
+        uploader.start()
+    for uploader in uploaders:
+        uploader.join(60)
+    assert not [o for o in outcomes if isinstance(o, Exception)], f"{outcomes}\n{api.logs()}"
+    assert sorted(o.created for o in outcomes) == [False, True]  # one made it, the other found it
+    assert len({o.block.id for o in outcomes}) == 1
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        listed = c.get("/blocks", params={"stream": "s"}).json()
+    assert listed["total"] == 1 and listed["items"][0]["stage"] == 1
+    sha = outcomes[0].block.sha256
+    assert files_under(tmp_path / "bucket") == [f"blocks/s/{sha}.parquet", "diet-storage.txt"]
