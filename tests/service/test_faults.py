@@ -30,6 +30,7 @@ from service_support import (
     api_process,
     client,
     deployed_env,
+    expect_problem,
     free_port,
     worker_process,
 )
@@ -37,7 +38,8 @@ from test_e2e import LIGHT_REFERENCE
 
 from diet_client import DietClient
 from diet_client.transfer import CHUNK
-from service.registry import migrate
+from service.registry import migrate, tokens
+from service.registry.db import Database
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -286,3 +288,118 @@ def test_two_uploads_of_the_same_bytes_at_once_make_one_block(
     assert listed["total"] == 1 and listed["items"][0]["stage"] == 1
     sha = outcomes[0].block.sha256
     assert files_under(tmp_path / "bucket") == [f"blocks/s/{sha}.parquet", "diet-storage.txt"]
+
+
+# --------------------------------------------------------------------------------------------- 3
+
+
+@pytest.mark.slow
+def test_jobs_queued_in_a_redis_that_restarts_empty_are_all_run_once(
+    tmp_path, processes, postgres_url, own_redis, ml100k_dir, ml100k_schema
+):
+    """Redis (no persistence) restarts while one job runs and two wait in its queue: the reconciler
+    finds the broker's marker gone and sends the queued jobs again; each job runs once, and each
+    makes exactly one version."""
+    import redis
+
+    prefix = "diet-faults:"
+    env = deployed_env(tmp_path, postgres_url, own_redis.url, prefix, worker_threads=1, reconcile_s=1)
+    migrate.upgrade(postgres_url)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    api = api_process("api", env, tmp_path, port)
+    worker = worker_process("worker", env, tmp_path)
+    processes.extend([api, worker])
+    api.wait_healthy(base_url)
+
+    def logs() -> str:
+        return f"--- api\n{api.logs(6000)}\n--- worker\n{worker.logs(6000)}"
+
+    quick = {"outer_iters": 30, "target_pool_rows": 2048}
+    with client(base_url, BOOTSTRAP_TOKEN) as c:
+        for stream in ("a", "b", "c"):
+            assert c.post("/streams", json={"name": stream, "schema": ml100k_schema, "reference": LIGHT_REFERENCE}).status_code == 201
+            upload(c, stream, ml100k_dir / "b1.parquet")
+        upload(c, "a", ml100k_dir / "b2.parquet")
+        jobs = [c.post("/jobs/distill", json={"stream": s, "stage": 1, "overrides": quick}).json() for s in "abc"]
+        # a's stage 2 waits for a's stage 1: it is not in the broker yet, and is sent when that one is done.
+        jobs.append(c.post("/jobs/distill", json={"stream": "a", "stage": 2, "overrides": quick}).json())
+        assert jobs[-1]["waits_for"] == jobs[0]["id"]
+
+        queue = redis.Redis.from_url(own_redis.url)
+        queued_key = f"{prefix}{env['DIET_QUEUE']}"
+
+        def one_running_two_waiting() -> bool:
+            running = c.get("/jobs", params={"status": "running"}).json()["items"]
+            return len(running) == 1 and queue.llen(queued_key) == 2
+
+        poll(one_running_two_waiting, 30, 0.05, "one job running and two in Redis's queue")
+        queue.close()
+        own_redis.restart()  # SIGKILL and start again: the queue is gone
+
+        done = [finished(c, job["id"], 90, logs) for job in jobs]
+        assert [j["status"] for j in done] == ["succeeded"] * 4, logs()
+        assert [j["attempts"] for j in done] == [1, 1, 1, 1], logs()  # claimed once each: none ran twice
+        assert [j["dataset"] for j in done] == ["a@v1", "b@v1", "c@v1", "a@v2"]
+        for stream, count in (("a", 2), ("b", 1), ("c", 1)):
+            assert c.get("/datasets", params={"stream": stream}).json()["total"] == count
+    assert "the broker lost its state" in api.logs(10**6), logs()
+    started = [line for line in worker.logs(10**6).splitlines() if '"message": "job started"' in line]
+    assert len(started) == 4, started
+
+
+# --------------------------------------------------------------------------------------------- 4
+
+
+def test_a_stopped_database_is_503_everywhere_and_the_api_recovers_by_itself(
+    start_service, own_postgres, ml100k_dir, ml100k_schema
+):
+    service, admin = start_service(database_url=own_postgres.url)
+    assert admin.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
+    block = upload(admin, "s", ml100k_dir / "b1.parquet")
+    job = admin.post("/jobs/distill", json={"stream": "s", "stage": 1}).json()
+    db = Database(own_postgres.url)
+    with db.session() as session:
+        _, reader_secret = tokens.create(session, "reader", ["read"])
+        session.commit()
+    db.dispose()
+    reader = {"Authorization": f"Bearer {reader_secret}"}
+    assert admin.get("/streams", headers=reader).status_code == 200
+
+    own_postgres.stop()
+
+    body = expect_problem(admin.get("/readyz"), 503, "database")
+    assert body["checks"]["database"].startswith("unavailable")
+    assert body["checks"]["broker"] == "ok" and body["checks"]["storage"] == "ok"
+    assert admin.get("/healthz").status_code == 200
+    needs_the_database = [
+        ("GET", "/streams", {}),
+        ("GET", "/streams/s", {}),
+        ("POST", "/streams", {"json": {"name": "t", "schema": ml100k_schema}}),
+        ("GET", "/blocks", {}),
+        ("GET", f"/blocks/{block['id']}", {}),
+        ("POST", "/blocks?stream=s", {"content": (ml100k_dir / "b2.parquet").read_bytes(), "headers": PARQUET}),
+        ("GET", "/jobs", {}),
+        ("GET", f"/jobs/{job['id']}", {}),
+        ("POST", "/jobs/distill", {"json": {"stream": "s", "stage": 1}}),
+        ("DELETE", f"/jobs/{job['id']}", {}),
+        ("GET", "/datasets", {}),
+        ("GET", "/datasets/s@latest", {}),
+        ("GET", "/datasets/s@v1/files/synthetic.parquet", {}),
+        ("GET", "/datasets/s@v1/report", {}),
+    ]
+    for method, path, kwargs in needs_the_database:
+        response = admin.request(method, path, **kwargs)
+        expect_problem(response, 503, "database is unavailable")
+    # A token kept in the database cannot be checked: 503 (try again), not 401 (go away).
+    expect_problem(admin.get("/streams", headers=reader), 503, "database is unavailable")
+    expect_problem(admin.get("/metrics", headers=reader), 503)
+
+    own_postgres.start()  # the same API, not restarted
+
+    recovered = poll(lambda: admin.get("/streams").status_code == 200, 30, 0.25, "the API to use the database again")
+    assert recovered
+    assert admin.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
+    assert admin.get("/streams", headers=reader).status_code == 200
+    assert upload(admin, "s", ml100k_dir / "b2.parquet")["stage"] == 2
+    assert admin.get(f"/jobs/{job['id']}").json()["status"] == "queued"
