@@ -12,6 +12,7 @@ from celery.signals import setup_logging, worker_init
 from service import logs
 from service.settings import get_settings
 from worker.queue import make_celery, prepare_broker
+from worker.scratch import sweep_abandoned
 
 app = make_celery(get_settings())
 
@@ -22,5 +23,6 @@ def _json_logs(**_: object) -> None:
 
 
 @worker_init.connect
-def _prepare_broker(**_: object) -> None:
+def _prepare(**_: object) -> None:
     prepare_broker(get_settings())
+    sweep_abandoned()  # what jobs of killed workers left on this machine

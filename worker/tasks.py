@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,6 +43,7 @@ from service.storage import Blob, Storage
 from worker.app import app
 from worker.progress import JobAborted, JobReporter
 from worker.queue import DISTILL_TASK, enqueue
+from worker.scratch import scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ def _distill(rt: Runtime, job_id: int, attempt: int, reporter: JobReporter) -> s
         assert job is not None  # claimed a moment ago; job rows are never deleted
         plan = _plan(session, job)
 
-    with tempfile.TemporaryDirectory(prefix=f"diet-job-{job_id}-") as tmp:
-        scratch = Path(tmp)
+    with scratch_folder(job_id) as scratch:
         block_path = rt.storage.local_copy(plan.block_key, scratch, "block.parquet")
         previous = None
         if plan.parent is not None:

@@ -118,6 +118,9 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_b
     env = deployed_env(
         tmp_path, postgres_url, REDIS_URL, redis_prefix, worker_threads=1, job_checkpoint_every=20, **FAST_RECOVERY
     )
+    scratch = tmp_path / "worker-tmp"  # the workers' local scratch folders (TMPDIR of this machine)
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
     migrate.upgrade(postgres_url)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -150,6 +153,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_b
         at_kill = poll(in_the_loop, 60, 0.05, "the job to reach the bi-level loop")
         first.kill()
         killed_at = time.monotonic()
+        [left_behind] = scratch.glob(f"diet-job-{job['id']}-*")
         second = worker_process("worker-2", env, tmp_path)  # as a service manager would start one
         processes.append(second)
 
@@ -169,6 +173,8 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_b
         assert "resuming from a checkpoint" in second.logs()
 
         assert artifact_digests(c, "killed@v1") == artifact_digests(c, "calm@v1")
+    # The second worker deleted what the killed one left on this machine when it started.
+    assert not left_behind.exists() and not list(scratch.glob("diet-job-*"))
     # The checkpoints went with the job's success.
     assert not (tmp_path / "bucket" / "checkpoints" / "killed").exists() or not files_under(
         tmp_path / "bucket" / "checkpoints" / "killed"
