@@ -128,8 +128,9 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
         log.info("job %s stopped: %s", job_id, exc)
         with rt.db.session() as session:
             job = jobs.get(session, job_id)
+            # Cancelled: nobody will resume it. Taken over: the new attempt resumes from it, so it stays.
             if job is not None and job.status == JobStatus.cancelled:
-                _drop_checkpoint(rt, _checkpoint_prefix(job))  # taken over by another attempt: that one resumes from it
+                _drop_checkpoint(rt, _checkpoint_prefix(job))
         return None
     except Exception as exc:
         return _failed(rt, job_id, attempt, exc)
