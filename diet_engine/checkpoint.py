@@ -136,6 +136,7 @@ class StageCheckpoint:
 
     def save_reference(self, model: nn.Module) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"optim.{k}": v for k, v in getattr(model, "optimizer_state", {}).items()})
         self._write(REFERENCE_CHECKPOINT, {**tensors, **_rng_states(self.device)}, {})
 
     def load_reference(self, template: nn.Module) -> nn.Module | None:
@@ -146,6 +147,8 @@ class StageCheckpoint:
         tensors, _ = found
         state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         template.load_state_dict(state)
+        # Adam's moments at the end of the stage, which the artifact carries to stage t+1
+        template.optimizer_state = {k.removeprefix("optim."): v for k, v in tensors.items() if k.startswith("optim.")}
         _set_rng_states(tensors, self.device)
         self.resumed["reference"] = 1
         return template

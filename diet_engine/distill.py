@@ -25,7 +25,7 @@ from diet_engine.checkpoint import StageCheckpoint, fingerprint
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.data import TensorBlock
 from diet_engine.influence import Influence
-from diet_engine.memory import fuse, fusion_weights
+from diet_engine.memory import fuse, fusion_weights, reanchor
 from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.schema import StreamSchema
@@ -97,6 +97,8 @@ def distill_in_memory(
     t0 = time.perf_counter()
     if previous is not None and n_keep:
         report(StageProgress(phase="fusion", step=0, total=1))
+        if cfg.reanchor:
+            previous = reanchor(previous, reference_prev, reference)
         weights = fusion_weights(Influence(reference.dense.eval(), cfg.influence_params), previous, new.emb, block.labels[chosen], cfg.temperature)
         syn = fuse(previous, weights, n_keep, new)
     else:

@@ -39,6 +39,31 @@ class Optimizers:
             o.step()
 
 
+def optimizer_tensors(opt: Optimizers) -> dict[str, Tensor]:
+    """The moments and step counts of every optimiser, flat, as safetensors can hold them."""
+    out = {}
+    for i, o in enumerate(opt.optimizers):
+        for j, state in o.state_dict()["state"].items():
+            for name, value in state.items():
+                out[f"{i}.{j}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+    return out
+
+
+def load_optimizer_tensors(opt: Optimizers, tensors: dict[str, Tensor]) -> None:
+    """Put `optimizer_tensors` output back into optimisers built over the same parameters."""
+    for i, o in enumerate(opt.optimizers):
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            owner, j, name = key.split(".", 2)
+            if int(owner) != i:
+                continue
+            if name == "step" and isinstance(o, torch.optim.SparseAdam):
+                value = int(value.item())  # SparseAdam counts steps with a Python int
+            state.setdefault(int(j), {})[name] = value
+        if state:
+            o.load_state_dict({"state": state, "param_groups": o.state_dict()["param_groups"]})
+
+
 def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) -> Optimizers:
     dense = [{"params": model.dense_parameters(), "lr": cfg.lr}]
     if dense_only:
@@ -123,7 +148,7 @@ def embed_rows(model: CTRModel, block: TensorBlock, device: str = "cpu") -> Synt
         e = model.embedding(b.cat.to(device), b.num.to(device))
         embs.append(e.cpu())
         logits.append(model.dense(e).cpu())
-    return SyntheticSet(torch.cat(embs), torch.cat(logits), torch.zeros(len(block), dtype=torch.long))
+    return SyntheticSet(torch.cat(embs), torch.cat(logits), torch.zeros(len(block), dtype=torch.long), block.cat, block.num)
 
 
 def evaluate(model: CTRModel, block: TensorBlock, device: str = "cpu") -> TaskMetrics:
