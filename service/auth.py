@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.deps import DatabaseDep, SettingsDep
 from service.problems import Problem
 from service.registry import tokens
+from service.registry.tables import utcnow
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`diet tokens create`)")
 
@@ -47,8 +48,13 @@ def current_principal(
         return Principal("bootstrap", frozenset({"admin"}))
     # A session of its own, closed at once: a long upload must not hold a registry transaction.
     with db.session() as session:
-        token = tokens.find_active(session, secret)
+        token = tokens.find(session, secret)
         if token is None:
+            raise _unauthorized("the API token is unknown or revoked")
+        state = token.state(utcnow())
+        if state == "expired":
+            raise _unauthorized(f"the API token expired at {token.expires_at:%Y-%m-%d %H:%M:%S} UTC; create another")
+        if state != "active":
             raise _unauthorized("the API token is unknown or revoked")
         return Principal(token.name, frozenset(token.scopes))
 
@@ -61,4 +67,5 @@ def require(scope: str) -> Callable[..., Principal]:
             raise Problem(403, f"this token lacks the '{scope}' scope (it has: {', '.join(sorted(principal.scopes))})")
         return principal
 
+    dependency.scope = scope  # type: ignore[attr-defined]  # read by the tests that walk every route
     return dependency
