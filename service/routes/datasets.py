@@ -58,7 +58,8 @@ def get_dataset(version: str, session: SessionDep) -> Manifest:
     return manifest(find_version(session, version))
 
 
-@router.api_route("/datasets/{version}/files/{name}", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
+@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
 def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
     """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
