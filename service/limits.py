@@ -29,9 +29,8 @@ class BodyTooLarge(HTTPException):
 class BodyTimeout(HTTPException):
     def __init__(self, seconds: float) -> None:
         super().__init__(
-            408, f"the request body stopped arriving: nothing came for {seconds:g} s (DIET_BODY_TIMEOUT_S)",
-            headers={"Connection": "close"},
-        )  # fmt: skip
+            408, f"the request body stopped arriving: nothing came for {seconds:g} s (DIET_BODY_TIMEOUT_S)"
+        )
 
 
 class BodyGuard:
@@ -48,7 +47,9 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         limit = None if self.exempt(scope) else self.max_bytes
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length", "")
+        has_body = (declared.isdigit() and int(declared) > 0) or "chunked" in headers.get("transfer-encoding", "")
         if limit is not None and declared.isdigit() and int(declared) > limit:
             # Refused before a byte of it is read; the server closes the connection, whose body is unread.
             problem = Problem(
@@ -78,4 +79,10 @@ class BodyGuard:
                 body_done = True
             return message
 
-        await self.app(scope, guarded_receive, send)
+        async def closing_send(message: Message) -> None:
+            # Answered before its body was read (refused, timed out): the rest of the body is not waited for.
+            if message["type"] == "http.response.start" and has_body and not body_done:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, guarded_receive, closing_send)
