@@ -47,7 +47,7 @@ def current_principal(
     if bootstrap is not None and hmac.compare_digest(secret.encode(), bootstrap.get_secret_value().encode()):
         return Principal("bootstrap", frozenset({"admin"}))
     # A session of its own, closed at once: a long upload must not hold a registry transaction.
-    with db.session() as session:
+    with db.read_session() as session:
         token = tokens.find(session, secret)
         if token is None:
             raise _unauthorized("the API token is unknown or revoked")

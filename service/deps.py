@@ -24,7 +24,8 @@ def get_db(request: Request) -> Database:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
+    db: Database = request.app.state.db
+    with (db.read_session() if request.method in ("GET", "HEAD") else db.session()) as session:
         yield session
 
 

@@ -9,6 +9,9 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 
+READ_ONLY = "diet_read_only"  # an execution option: this connection's transactions only read
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -39,17 +42,21 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         # API and worker write from two processes. A deferred transaction that reads and then
         # writes fails at once with SQLITE_BUSY when the other wrote meanwhile; an immediate one
         # waits its turn (busy_timeout). Transactions here are short, so serialising them is cheap.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Sessions that only read (READ_ONLY) begin deferred: under WAL they never wait for a writer,
+        # and many concurrent reads do not queue for the write lock.
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
 class Database:
-    """An engine and its session factory."""
+    """An engine and its session factories."""
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -57,6 +64,10 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
+
+    def read_session(self) -> Session:
+        """A session for work that only reads (GET requests, token checks): it never takes SQLite's write lock."""
+        return self.read_sessions()
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

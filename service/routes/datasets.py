@@ -63,7 +63,7 @@ def get_dataset(version: str, session: SessionDep) -> Manifest:
 def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
     """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
-    with db.session() as session:
+    with db.read_session() as session:
         found = find_version(session, version)
         artifact = next((a for a in found.artifacts if a["name"] == name), None)
         if artifact is None:
