@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
 from service.manifest import MEDIA_TYPES, Manifest, manifest
-from service.pages import PageOut, PageParams, page_out, page_params
+from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
@@ -34,7 +34,8 @@ def find_version(session: Session, version: str) -> DatasetVersion:
         if found is None:
             raise Problem(404, f"stream {stream.name!r} has no dataset version yet")
         return found
-    found = datasets.get(session, stream.id, int(match["number"]))
+    number = int(match["number"])
+    found = datasets.get(session, stream.id, number) if number <= MAX_ID else None  # past any column's range
     if found is None:
         raise Problem(404, f"no dataset version {version}")
     return found

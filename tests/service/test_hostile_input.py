@@ -255,3 +255,28 @@ def test_a_body_that_never_arrives_times_out_and_frees_the_connection(start_serv
     assert admin.get("/blocks", params={"stream": "slow"}).json()["total"] == 0
     blobs = service.settings.data_dir / "blobs"
     assert not [p for p in blobs.rglob("*") if p.is_file() and p.name != "diet-storage.txt"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_nul_and_huge_numbers_are_4xx(start_service, request, backend):
+    """Postgres refuses NUL in text and integers past its column types; SQLite, integers past 64 bits."""
+    overrides = {"database_url": request.getfixturevalue("postgres_url")} if backend == "postgres" else {}
+    _, admin = start_service(**overrides)
+    assert admin.post("/streams", json={"name": "tiny", "schema": TINY_SCHEMA}).status_code == 201
+    nul = "ti\x00ny"
+    expect_problem(admin.get("/streams/ti%00ny"), 404, "no stream named")
+    expect_problem(admin.get("/blocks", params={"stream": nul}), 404, "no stream named")
+    expect_problem(admin.get("/jobs", params={"stream": nul}), 404, "no stream named")
+    expect_problem(admin.get("/datasets", params={"stream": nul}), 404, "no stream named")
+    expect_problem(admin.post("/jobs/distill", json={"stream": nul, "stage": 1}), 404, "no stream named")
+    expect_problem(_upload(admin, nul, b"PAR1"), 404, "no stream named")
+    expect_problem(admin.post("/streams", json={"name": nul, "schema": TINY_SCHEMA}), 422, "name")
+    expect_problem(admin.get("/datasets/ti%00ny@v1"), 422, "not a version")
+    expect_problem(admin.get("/datasets/tiny@v1/files/a%00b"), 404)
+    for number in (2**31, 2**63, 10**30):
+        expect_problem(admin.get(f"/blocks/{number}"), 422)
+        expect_problem(admin.get(f"/jobs/{number}"), 422)
+        expect_problem(admin.get(f"/datasets/tiny@v{number}"), 404)
+        expect_problem(admin.get("/blocks", params={"offset": number}), 422)
+        expect_problem(_upload(admin, "tiny", _parquet(_tiny_table(30)), stage=number), 422, "stage")
+    assert admin.get("/blocks", params={"stream": "tiny"}).json()["total"] == 0
