@@ -363,6 +363,7 @@ def ingest(base_url: str, token: str, block: Path, rows: int, sampler: RssSample
 def run(options: Options) -> dict[str, Any]:
     assert ipaddress.ip_address(HOST).is_loopback  # the benchmark never listens beyond this machine
     token = "load-" + secrets.token_hex(16)
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     with tempfile.TemporaryDirectory(prefix="diet-load-", dir=options.work_dir) as tmp:
         work = Path(tmp)
         block = work / "block.parquet"
@@ -388,7 +389,8 @@ def run(options: Options) -> dict[str, Any]:
                 process.wait()
     return {
         "mode": "quick" if options.quick else "full",
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(load_at_start, 2),
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "platform": platform.platform()},  # fmt: skip
         "api": {"server": "uvicorn, one process", "database": "sqlite", "storage": "local disk", "url": base_url},
         "version": version["version"],
@@ -419,7 +421,9 @@ def print_table(result: dict[str, Any]) -> None:
                     f"after {rss['after_ingest_first_mb']} MB"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
-    print(f"load benchmark ({result['mode']}, {result['machine']['cpus']} CPUs)")
+    machine = result["machine"]
+    print(f"load benchmark ({result['mode']}, {machine['cpus']} CPUs, load average {machine['load_avg_1m_at_start']} "
+          f"at start, {machine['load_avg_1m_at_end']} at end)")
     for name, text in rows:
         print(f"{name:<{width}}  {text}")
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, help="concurrent clients [200; quick 50]")
     parser.add_argument("--seconds", type=float, help="how long the clients fetch [60; quick 5]")
     parser.add_argument("--block-mb", type=int, help="size of the uploaded block in MB [1000; quick 50]")
-    parser.add_argument("--out", type=Path, default=Path("load.json"), help="where the JSON goes [load.json]")
+    parser.add_argument("--out", type=Path, default=Path("load-out/load.json"), help="the JSON [load-out/load.json]")
     parser.add_argument("--work-dir", type=Path, help="where the temporary service and block live [system temp]")
     args = parser.parse_args(argv)
     quick = args.quick

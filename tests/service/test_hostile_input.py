@@ -229,7 +229,7 @@ def test_ten_gigabytes_announced_is_refused_at_once(service, tiny, nothing_writt
 
 
 @pytest.mark.slow
-def test_a_body_that_never_arrives_times_out_and_frees_the_connection(start_service, ml100k_schema):
+def test_a_body_that_never_arrives_times_out_and_frees_the_connection(start_service):
     service, admin = start_service(body_timeout_s=1.5, max_upload_bytes=1_000_000)
     assert admin.post("/streams", json={"name": "slow", "schema": TINY_SCHEMA}).status_code == 201
     token = service.settings.bootstrap_token.get_secret_value()
