@@ -74,7 +74,7 @@ def _batch_sizes(path: Path, columns: list[str], rows: int) -> Iterator[tuple[in
             n = min(DEFAULT_READ_ROWS, rows - start)
             yield n, n * fixed_row_bytes
         return
-    reader = pq.ParquetFile(path, read_dictionary=text)
+    reader = pq.ParquetFile(path, read_dictionary=text, pre_buffer=False)  # one row group in memory, not all
     for batch in reader.iter_batches(batch_size=DEFAULT_READ_ROWS, columns=text):
         yield batch.num_rows, batch.num_rows * fixed_row_bytes + sum(_text_bytes(batch.column(c)) for c in text)
 

@@ -12,6 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 READ_ONLY = "diet_read_only"  # an execution option: this connection's transactions only read
 
 
+# Requests may hold a route session (service.deps.SessionDep) SESSIONS_AT_ONCE at a time, and each of
+# the API's worker threads (anyio's default: 40) may open one more of its own (token checks, downloads):
+# the pool has a connection for all of them, so no thread ever waits on the pool for a connection held
+# by a request that waits for a thread.
+SESSIONS_AT_ONCE = 20
+POOL = {"pool_size": 10, "max_overflow": SESSIONS_AT_ONCE + 40 - 10}
+
+
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -19,13 +27,13 @@ def make_engine(url: str) -> Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5  # fail fast into a 503 rather than hang a request
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **POOL)
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **POOL)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
