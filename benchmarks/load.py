@@ -290,7 +290,9 @@ async def _client_loop(
 async def serve_load(base_url: str, token: str, clients: int, seconds: float, version: dict[str, Any]) -> dict:
     stats = ServeStats()
     sizes = {a["name"]: a["bytes"] for a in version["artifacts"]}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # An idle connection is dropped by the client (2 s) before uvicorn closes it (5 s): otherwise a request
+    # sent just as the server closes it fails ("disconnected without sending a response"), a client race.
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as c:
         started = time.monotonic()
