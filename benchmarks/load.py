@@ -196,7 +196,7 @@ def start_api(data_dir: Path, token: str, max_upload: int, log: Path) -> tuple[s
     migrate.upgrade(Settings(data_dir=data_dir).database_url)  # as `diet serve` does before serving
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:main", "--host", HOST, "--port", str(port),
-               "--no-access-log", "--log-level", "warning"]  # fmt: skip
+               "--http", "service.http_protocol:HttpProtocol", "--no-access-log", "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     base_url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 120

@@ -286,3 +286,26 @@ def test_nul_and_huge_numbers_are_4xx(start_service, request, backend):
         expect_problem(admin.get("/blocks", params={"offset": number}), 422)
         expect_problem(_upload(admin, "tiny", _parquet(_tiny_table(30)), stage=number), 422, "stage")
     assert admin.get("/blocks", params={"stream": "tiny"}).json()["total"] == 0
+
+
+@pytest.mark.slow
+def test_a_head_that_never_completes_times_out(start_service):
+    """Slowloris on the request head: silent connections and unfinished headers are closed with a 408."""
+    service, admin = start_service(body_timeout_s=2.0)
+    port = int(service.base_url.rsplit(":", 1)[1])
+    started = time.monotonic()
+    silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+    partial = socket.create_connection(("127.0.0.1", port), timeout=10)
+    partial.sendall(b"GET /streams HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthori")
+    assert admin.get("/healthz").status_code == 200  # others are served meanwhile
+    for sock in (silent, partial):
+        answer = _read_until_closed(sock, 10)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"application/problem+json" in answer and b"request head did not arrive" in answer
+    assert 2.0 <= time.monotonic() - started < 8
+    # A keep-alive connection is not cut while its requests keep coming.
+    with httpx.Client(base_url=service.base_url) as c:
+        for _ in range(3):
+            assert c.get("/healthz").status_code == 200
+            time.sleep(1.0)
