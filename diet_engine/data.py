@@ -125,7 +125,8 @@ def batch_to_tensors(rb: pa.RecordBatch | pa.Table, schema: StreamSchema) -> tup
 
 def iter_parquet(path: str | Path, schema: StreamSchema, rows: int = DEFAULT_READ_ROWS) -> Iterator[tuple[Batch, np.ndarray]]:
     """Record batches of a Parquet file as tensors, never the whole file at once."""
-    pf = pq.ParquetFile(path)
+    # pre_buffer reads ahead every row group's column chunks at once: the whole file in memory.
+    pf = pq.ParquetFile(path, pre_buffer=False)
     check_arrow_schema(pf.schema_arrow, schema)
     for rb in pf.iter_batches(batch_size=rows, columns=schema.columns()):
         yield batch_to_tensors(rb, schema)

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import logs, problems
+from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
@@ -73,8 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     problems.install(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    # Outermost, so its limits hold for everything inside; uploads stream under their own, larger limit.
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.max_json_bytes,
+        idle_timeout_s=settings.body_timeout_s,
+        exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/blocks",
+    )
     for module in (health, streams, blocks, job_routes, datasets, reports):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=problems.RESPONSES)
     return app
 
 

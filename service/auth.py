@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.deps import DatabaseDep, SettingsDep
 from service.problems import Problem
 from service.registry import tokens
+from service.registry.tables import utcnow
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`diet tokens create`)")
 
@@ -46,9 +47,14 @@ def current_principal(
     if bootstrap is not None and hmac.compare_digest(secret.encode(), bootstrap.get_secret_value().encode()):
         return Principal("bootstrap", frozenset({"admin"}))
     # A session of its own, closed at once: a long upload must not hold a registry transaction.
-    with db.session() as session:
-        token = tokens.find_active(session, secret)
+    with db.read_session() as session:
+        token = tokens.find(session, secret)
         if token is None:
+            raise _unauthorized("the API token is unknown or revoked")
+        state = token.state(utcnow())
+        if state == "expired":
+            raise _unauthorized(f"the API token expired at {token.expires_at:%Y-%m-%d %H:%M:%S} UTC; create another")
+        if state != "active":
             raise _unauthorized("the API token is unknown or revoked")
         return Principal(token.name, frozenset(token.scopes))
 

@@ -69,18 +69,29 @@ def _registry() -> Iterator[Session]:
 def tokens_create(
     scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read or admin; repeat for several")],
     name: Annotated[str, typer.Option(help="who or what the token is for")] = "cli",
-    as_json: Annotated[bool, typer.Option("--json", help="print {id, name, scopes, token} as JSON")] = False,
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="lifetime, e.g. 90s, 15m, 12h, 30d, 2w [default: never]")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print {id, name, scopes, expires_at, token} as JSON")
+    ] = False,
 ) -> None:
     """Create a token and print it (the only time it is shown). Works on the registry directly, like `serve`."""
     from service.registry import tokens
 
+    try:
+        lifetime = tokens.parse_duration(expires_in) if expires_in is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires-in") from exc
     with _registry() as session:
         try:
-            token, secret = tokens.create(session, name, scope)
+            token, secret = tokens.create(session, name, scope, lifetime)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--scope") from exc
         session.commit()
-        created = {"id": token.id, "name": token.name, "scopes": list(token.scopes), "token": secret}
+        expires_at = token.expires_at.isoformat() if token.expires_at else None
+        created = {"id": token.id, "name": token.name, "scopes": list(token.scopes), "expires_at": expires_at,
+                   "token": secret}  # fmt: skip
     typer.echo(json.dumps(created) if as_json else secret)
     typer.echo("Keep it now: only its digest is stored. Send it as 'Authorization: Bearer <token>'.", err=True)
 
@@ -91,18 +102,27 @@ def tokens_list(
 ) -> None:
     """List tokens: id, name, scopes, created, state (never their secrets)."""
     from service.registry import tokens
+    from service.registry.tables import utcnow
 
+    now = utcnow()
     with _registry() as session:
         if as_json:
             listed = [
                 {"id": t.id, "name": t.name, "scopes": list(t.scopes), "created_at": t.created_at.isoformat(),
-                 "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None}
+                 "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+                 "expires_at": t.expires_at.isoformat() if t.expires_at else None, "state": t.state(now)}
                 for t in tokens.list_all(session)
             ]  # fmt: skip
             typer.echo(json.dumps(listed, indent=2))
             return
         for token in tokens.list_all(session):
-            state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}" if token.revoked_at else "active"
+            state = token.state(now)
+            if state == "revoked":
+                state = f"revoked {token.revoked_at:%Y-%m-%d %H:%M}"
+            elif state == "expired":
+                state = f"expired {token.expires_at:%Y-%m-%d %H:%M}"
+            elif token.expires_at is not None:
+                state = f"active until {token.expires_at:%Y-%m-%d %H:%M}"
             typer.echo(
                 f"{token.id}\t{token.name}\t{','.join(token.scopes)}\t{token.created_at:%Y-%m-%d %H:%M}\t{state}"
             )

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from service.metrics import Metrics
-from service.registry.db import Database
+from service.registry.db import SESSIONS_AT_ONCE, Database
 from service.settings import Settings
 from service.storage import Storage
 
@@ -24,7 +24,8 @@ def get_db(request: Request) -> Database:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as session:
+    db: Database = request.app.state.db
+    with (db.read_session() if request.method in ("GET", "HEAD") else db.session()) as session:
         yield session
 
 
@@ -42,7 +43,11 @@ def get_metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# A route session holds a pooled connection from its first query until the answer is serialised, which
+# for sync routes waits for a thread. Without a bound, under load every thread would wait for a connection
+# held by a request waiting for a thread (until the pool's 30 s timeout: 503s). Bounded here, requests
+# beyond the bound wait before taking a session, holding neither a thread nor a connection.
+SessionDep = Annotated[Session, Depends(get_session, scope="function", max_concurrency=SESSIONS_AT_ONCE)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

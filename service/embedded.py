@@ -96,6 +96,7 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> None
     import uvicorn
 
     from service.app import create_app
+    from service.http_protocol import with_head_timeout
 
     logs.configure(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,10 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> None
     # would end this process before the worker is stopped, so SIGTERM ends it through `finally` instead.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        uvicorn.run(
+            create_app(settings), host=host, port=port, log_config=None,
+            http=with_head_timeout(settings.body_timeout_s),
+        )  # fmt: skip
     finally:
         if embedded is not None:
             embedded.stop()

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 
 from diet_engine.data import BlockStats, DataError, block_stats
 from diet_engine.schema import StreamSchema
+from service.parquet_guard import DecodeLimits, check_decoded_size
 from service.problems import Problem
 from service.registry import blocks
 from service.registry.db import Database
@@ -51,11 +52,13 @@ def _epoch(seconds: int | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
-def check_block(storage: Storage, blob: Blob, schema: StreamSchema) -> BlockStats:
+def check_block(storage: Storage, blob: Blob, schema: StreamSchema, limits: DecodeLimits | None = None) -> BlockStats:
     """Read the whole blob with the engine (record batch by record batch): schema, labels, time range."""
     with tempfile.TemporaryDirectory(prefix="diet-upload-") as scratch:
         path = storage.local_copy(blob.key, Path(scratch), "block.parquet")
         try:
+            if limits is not None:  # what it decodes to is counted before the engine decodes it
+                check_decoded_size(path, schema.columns(), limits)
             stats = block_stats(path, schema)
         except DataError as exc:
             raise Problem(422, str(exc), title="Block does not fit the stream schema", columns=exc.columns) from exc
@@ -66,14 +69,16 @@ def check_block(storage: Storage, blob: Blob, schema: StreamSchema) -> BlockStat
     return stats
 
 
-def register(db: Database, storage: Storage, stream: Stream, blob: Blob, stage: int | None) -> tuple[Block, bool]:
+def register(
+    db: Database, storage: Storage, stream: Stream, blob: Blob, stage: int | None, limits: DecodeLimits | None = None
+) -> tuple[Block, bool]:
     """The block for this blob, and whether it is new. The caller deletes blob.key afterwards."""
     with db.session() as session:
         existing = blocks.by_sha256(session, stream.id, blob.sha256)
     if existing is not None:
         return _same_bytes(existing, stage), False
 
-    stats = check_block(storage, blob, StreamSchema.model_validate(stream.schema_doc))
+    stats = check_block(storage, blob, StreamSchema.model_validate(stream.schema_doc), limits)
     key = blocks.blob_key(stream.name, blob.sha256)
     with db.session() as session:
         # Checked again: another upload of the same bytes may have been recorded while this one was read.

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Generic, TypeVar
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from pydantic import BaseModel
 
 from service.registry.paging import Page
 
 T = TypeVar("T")
+
+# Ids and offsets fit the registry's 32-bit integer columns; larger numbers are refused (422) before any query.
+MAX_ID = 2**31 - 1
+# Stages are numbered from 1; a stage past this is refused (422): no stream is cut that finely.
+MAX_STAGE = 1_000_000
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class PageParams(BaseModel):
@@ -19,7 +25,7 @@ class PageParams(BaseModel):
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=500, description="items per page")] = 50,
-    offset: Annotated[int, Query(ge=0, description="items to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
 

@@ -14,12 +14,36 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger(__name__)
+
+
+class ProblemDocument(BaseModel):
+    """What every error answer holds (RFC 9457), plus fields of its own on some (`errors`, `columns`, `checks` ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+def _documented(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/ProblemDocument"}
+    return {"model": ProblemDocument, "description": description, "content": {MEDIA_TYPE: {"schema": schema}}}
+
+
+# Every route answers its errors so; routers are included with these (which also replaces FastAPI's 422 shape).
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": _documented("the request cannot be served as sent: a problem document says why"),
+    "5XX": _documented("the service, or something it depends on, failed: a problem document says which"),
+}
 
 
 class Problem(Exception):

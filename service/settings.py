@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIB = 1024**2
 GIB = 1024**3
 
 
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
     )
     bootstrap_token: SecretStr | None = Field(default=None, description="accepted as an admin token when set")
     max_upload_bytes: int = Field(default=2 * GIB, ge=1)
+    max_json_bytes: int = Field(default=MIB, ge=1, description="largest body of any request but a block upload")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="longest wait for the next piece of a request body")
+    max_block_rows: int = Field(default=200_000_000, ge=1, description="most rows one uploaded block may hold")
+    max_block_decoded_bytes: int = Field(
+        default=32 * GIB, ge=1, description="most bytes a block's schema columns may decode to (Parquet bombs)"
+    )
     queue: str = Field(default="diet", min_length=1, description="Celery queue the distill jobs go through")
     worker_device: str = Field(default="auto", description="torch device of the worker; auto = cuda when present")
     job_max_retries: int = Field(default=3, ge=0, description="retries of a job after infrastructure errors")

@@ -93,6 +93,7 @@ class Storage:
         self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
+        self._real_root = os.path.realpath(self.root) if self.is_local else ""
         # Object stores have no empty folders: a marker makes the root something that can be checked.
         if not self.exists(MARKER):
             self.put([b"the root of a DIET service's blobs\n"], MARKER)
@@ -102,7 +103,11 @@ class Storage:
         return isinstance(self.fs, LocalFileSystem)
 
     def path(self, key: str) -> str:
-        return f"{self.root}/{check_key(key)}"
+        path = f"{self.root}/{check_key(key)}"
+        # A symlink planted inside a local root must not lead a plain-looking key outside it.
+        if self.is_local and not os.path.realpath(path).startswith(self._real_root + os.sep):
+            raise UnsafeKey(f"storage key {key!r} leads outside the storage root")
+        return path
 
     def open(self, key: str, mode: str = "rb") -> BinaryIO:
         path = self.path(key)

@@ -86,6 +86,15 @@ class Token(Base):
     scopes: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # null: never
+
+    def state(self, now: datetime) -> str:
+        """active, revoked or expired (as of now)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 class Stream(Base):

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from service import ingest
 from service.auth import require
 from service.deps import DatabaseDep, MetricsDep, SessionDep, SettingsDep, StorageDep
-from service.pages import PageOut, PageParams, page_out, page_params
+from service.parquet_guard import DecodeLimits
+from service.pages import MAX_STAGE, Id, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.registry import blocks
 from service.registry.tables import Block, Stream
@@ -56,7 +57,12 @@ def block_out(block: Block) -> BlockOut:
     status_code=201,
     response_model=BlockOut,
     dependencies=[Depends(require("ingest"))],
-    openapi_extra={"requestBody": {"required": True, "content": {"application/vnd.apache.parquet": {}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def upload_block(
     request: Request,
@@ -66,7 +72,7 @@ async def upload_block(
     storage: StorageDep,
     metrics: MetricsDep,
     stream: Annotated[str, Query(description="the stream this block belongs to")],
-    stage: Annotated[int | None, Query(ge=1, description="default: the stream's next stage")] = None,
+    stage: Annotated[int | None, Query(ge=1, le=MAX_STAGE, description="default: the stream's next stage")] = None,
 ) -> BlockOut:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in PARQUET_TYPES:
@@ -83,7 +89,8 @@ async def upload_block(
     stream_row = await run_in_threadpool(lookup)
     blob = await ingest.receive(request.stream(), storage, limit)
     try:
-        block, created = await run_in_threadpool(ingest.register, db, storage, stream_row, blob, stage)
+        limits = DecodeLimits(settings.max_block_rows, settings.max_block_decoded_bytes)
+        block, created = await run_in_threadpool(ingest.register, db, storage, stream_row, blob, stage, limits)
     finally:
         await run_in_threadpool(storage.delete, blob.key)  # gone already when it became the block's file
     if created:
@@ -106,7 +113,7 @@ def list_blocks(
 
 
 @router.get("/blocks/{block_id}", response_model=BlockOut, dependencies=[Depends(require("read"))])
-def get_block(block_id: int, session: SessionDep) -> BlockOut:
+def get_block(block_id: Id, session: SessionDep) -> BlockOut:
     block = blocks.get(session, block_id)
     if block is None:
         raise Problem(404, f"no block with id {block_id}")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
 from service.manifest import MEDIA_TYPES, Manifest, manifest
-from service.pages import PageOut, PageParams, page_out, page_params
+from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
@@ -34,7 +34,8 @@ def find_version(session: Session, version: str) -> DatasetVersion:
         if found is None:
             raise Problem(404, f"stream {stream.name!r} has no dataset version yet")
         return found
-    found = datasets.get(session, stream.id, int(match["number"]))
+    number = int(match["number"])
+    found = datasets.get(session, stream.id, number) if number <= MAX_ID else None  # past any column's range
     if found is None:
         raise Problem(404, f"no dataset version {version}")
     return found
@@ -58,11 +59,12 @@ def get_dataset(version: str, session: SessionDep) -> Manifest:
     return manifest(find_version(session, version))
 
 
-@router.api_route("/datasets/{version}/files/{name}", methods=["GET", "HEAD"], dependencies=[Depends(require("read"))])
+@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
+@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
 def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
     """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
-    with db.session() as session:
+    with db.read_session() as session:
         found = find_version(session, version)
         artifact = next((a for a in found.artifacts if a["name"] == name), None)
         if artifact is None:

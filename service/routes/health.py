@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from service.auth import require
 from service.deps import MetricsDep
@@ -43,6 +44,11 @@ def readyz(request: Request) -> dict[str, object]:
     return {"status": "ready", "checks": results}
 
 
-@router.get("/metrics", dependencies=[Depends(require("read"))])
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require("read"))],
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
 def metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

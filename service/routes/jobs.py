@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from diet_engine.config import DistillConfig
 from service.auth import require
 from service.deps import CeleryDep, MetricsDep, SessionDep
-from service.pages import PageOut, PageParams, page_out, page_params
+from service.pages import MAX_STAGE, Id, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
@@ -31,7 +31,7 @@ class DistillRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stream: str
-    stage: int = Field(ge=1)
+    stage: int = Field(ge=1, le=MAX_STAGE)
     overrides: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields over the stream's")
 
 
@@ -197,12 +197,12 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require("read"))])
-def get_job(job_id: int, session: SessionDep) -> JobOut:
+def get_job(job_id: Id, session: SessionDep) -> JobOut:
     return job_out(_find_job(session, job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require("distill"))])
-def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+def cancel_job(job_id: Id, session: SessionDep) -> JobOut:
     """Cancel a queued or running job (a running one stops at its next progress report)."""
     job = _find_job(session, job_id, lock=True)
     if job.status in (JobStatus.succeeded, JobStatus.failed):

@@ -37,7 +37,7 @@ HEADERS = {
 )
 def report(version: str, db: DatabaseDep, storage: StorageDep) -> HTMLResponse:
     # The registry's part first, in a session of its own, closed before the file is read and the page drawn.
-    with db.session() as session:
+    with db.read_session() as session:
         found = find_version(session, version)
         lineage: list[dict[str, Any]] = []
         current = found

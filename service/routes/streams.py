@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from service.registry import streams
 from service.registry.tables import Stream
 
 router = APIRouter(tags=["streams"])
+_VALID_NAME = re.compile(NAME)
 
 
 class StreamIn(BaseModel):
@@ -66,7 +68,8 @@ def stream_out(stream: Stream) -> StreamOut:
 
 
 def find_stream(session: Session, name: str) -> Stream:
-    stream = streams.by_name(session, name)
+    # A name the schema refuses cannot exist, and is not sent to the database (Postgres rejects NUL in text).
+    stream = streams.by_name(session, name) if _VALID_NAME.match(name) else None
     if stream is None:
         raise Problem(404, f"no stream named {name!r}; create it with POST /streams")
     return stream

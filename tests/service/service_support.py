@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from service.app import create_app
+from service.http_protocol import with_head_timeout
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +67,10 @@ class ThreadedService:
     @classmethod
     def start(cls, settings: Settings) -> ThreadedService:
         port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_config=None,
+            http=with_head_timeout(settings.body_timeout_s),
+        )  # fmt: skip
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

@@ -17,13 +17,42 @@ def storage(tmp_path) -> Storage:
 
 
 @pytest.mark.parametrize(
-    "key", ["", "/etc/passwd", "../outside", "a/../../outside", "a//b", "a/./b", "nul\x00byte", "back\\slash", "a/", "new\nline"]
-)
+    "key",
+    [
+        "", "/etc/passwd", "../outside", "a/../../outside", "a//b", "a/./b", "nul\x00byte", "back\\slash", "a/",
+        "new\nline", "..", "a/..", "~/x", "C:\\x",
+        # encoded separators and dots stay text, and such text is not a key
+        "..%2Foutside", "a%2F..%2F..%2Fx", "%2e%2e/x", "a%00b", "a\u2215b", "a\uff0f..\uff0fb", "..\u2024/x",
+    ],
+)  # fmt: skip
 def test_unsafe_keys_are_refused(storage, key):
     with pytest.raises(UnsafeKey):
         storage.path(key)
     with pytest.raises(UnsafeKey):
         storage.open(key, "wb")
+
+
+@pytest.mark.security
+def test_symlinks_inside_the_root_cannot_lead_outside(storage, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    root = tmp_path / "root"
+    (root / "blocks").symlink_to(outside, target_is_directory=True)  # a planted directory link
+    (root / "file.bin").symlink_to(outside / "secret.txt")  # a planted file link
+    for key in ("blocks/secret.txt", "blocks/new.bin", "file.bin"):
+        with pytest.raises(UnsafeKey, match="outside the storage root"):
+            storage.open(key, "wb")
+        with pytest.raises(UnsafeKey):
+            b"".join(storage.iter_bytes(key))
+    with pytest.raises(UnsafeKey):
+        storage.put([b"x"], "blocks/evil.bin")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "not yours"
+    # A link that stays inside the root is just another name for a blob there.
+    storage.put([b"inside"], "real/a.bin")
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    assert b"".join(storage.iter_bytes("alias/a.bin")) == b"inside"
 
 
 def test_put_hashes_counts_and_renames_into_place(storage, tmp_path):
