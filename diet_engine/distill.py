@@ -9,6 +9,7 @@ from files to files, as the service's worker runs it.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
+from torch import Tensor, nn
 
 from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
 from diet_engine.bilevel import optimise_memory
@@ -28,7 +30,7 @@ from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.schema import StreamSchema
 from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import el2n_scores, embed_rows
+from diet_engine.training import EVAL_BATCH, el2n_scores, lookup_rows, predict_logits
 
 STAGE_JSON = "stage.json"
 
@@ -61,6 +63,39 @@ def memory_budget(history_rows: int, previous_rows: int, cfg: DistillConfig) -> 
     return cap - kept, kept
 
 
+def boundary_memory(
+    reference: CTRModel, block: TensorBlock, stage: int, budget: int, cfg: DistillConfig, device: str = "cpu"
+) -> tuple[SyntheticSet, Tensor]:
+    """Boundary initialisation (Alg. 1): the chosen rows as (φ_t(x), f_t(x) logits) and their indices.
+
+    Every row is scored from its logits alone, kept where they were computed;
+    only the chosen rows are embedded (a [N, F, D] copy of the whole block
+    would be the largest tensor of the stage).
+    """
+    logits = predict_logits(reference, block, device, max(EVAL_BATCH, cfg.score_batch), out_device=None)
+    scores = el2n_scores(logits, block.labels.to(logits.device))
+    chosen = boundary_select(scores.cpu(), block.labels.cpu(), budget, cfg.el2n_percentile)
+    emb = lookup_rows(reference, block.take(chosen), device)
+    stages = torch.full((len(chosen),), stage, dtype=torch.long, device=emb.device)
+    return SyntheticSet(emb, logits[chosen.to(logits.device)], stages), chosen
+
+
+def target_pool(reference: CTRModel, block: TensorBlock, stage: int, cfg: DistillConfig, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """A random pool of the block's real rows for addressing and the outer loss: (φ_t embeddings, labels)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
+    pool = torch.randperm(len(block), generator=gen)[: cfg.target_pool_rows]
+    rows = block.take(pool)
+    return lookup_rows(reference, rows, device), rows.labels.to(device)
+
+
+def module_on(module: nn.Module, device: str) -> nn.Module:
+    """`module` itself when its weights are on `device`, else a copy there (shared checkpoints stay put)."""
+    first = next(module.parameters(), None)
+    if first is None or first.device == torch.device(device):
+        return module
+    return copy.deepcopy(module).to(device)
+
+
 def distill_in_memory(
     block: TensorBlock,
     stage: int,
@@ -70,28 +105,28 @@ def distill_in_memory(
     history_rows: int,
     cfg: DistillConfig,
     progress: ProgressFn | None = None,
+    device: str = "cpu",
 ) -> tuple[SyntheticSet, dict]:
-    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t and the stage's metrics."""
+    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t (on `device`) and the stage's metrics."""
     timings: dict[str, float] = {}
     report = progress or (lambda p: None)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
     previous = previous if previous is not None and len(previous) else None
     n_new, n_keep = memory_budget(history_rows, len(previous) if previous else 0, cfg)
+    reference = module_on(reference, device)
 
     # 1. boundary initialisation: EL2N at checkpoint t, label-conditioned window
     t0 = time.perf_counter()
     report(StageProgress(phase="boundary", step=0, total=1))
-    rows = embed_rows(reference, block)
-    chosen = boundary_select(el2n_scores(rows.logits, block.labels), block.labels, n_new, cfg.el2n_percentile)
-    new = rows.take(chosen)
-    new.stage[:] = stage
+    new, chosen = boundary_memory(reference, block, stage, n_new, cfg, device)
     timings["boundary_s"] = time.perf_counter() - t0
 
     # 2. memory fusion: keep the previous rows best aligned with the new boundary
     t0 = time.perf_counter()
     if previous is not None and n_keep:
         report(StageProgress(phase="fusion", step=0, total=1))
-        weights = fusion_weights(Influence(reference.dense.eval(), cfg.influence_params), previous, new.emb, block.labels[chosen], cfg.temperature)
+        previous = previous.to(device)
+        influence = Influence(reference.dense.eval(), cfg.influence_params, cfg.score_batch)
+        weights = fusion_weights(influence, previous, new.emb, block.labels[chosen].to(device), cfg.temperature)
         syn = fuse(previous, weights, n_keep, new)
     else:
         syn = new
@@ -99,12 +134,13 @@ def distill_in_memory(
 
     # 3. bi-level optimisation against a pool of the block's real rows (embedded with φ_t)
     t0 = time.perf_counter()
-    pool = torch.randperm(len(block), generator=gen)[: cfg.target_pool_rows]
+    pool_emb, pool_labels = target_pool(reference, block, stage, cfg, device)
 
     def on_iter(i: int, loss: float) -> None:
         report(StageProgress(phase="optimise", step=i + 1, total=cfg.outer_iters, losses={"outer": loss}))
 
-    syn, log = optimise_memory(syn, reference_prev.dense, rows.emb[pool], block.labels[pool], cfg, on_iter)
+    dense_prev = module_on(reference_prev.dense, device)
+    syn, log = optimise_memory(syn, dense_prev, pool_emb, pool_labels, cfg, on_iter)
     timings["optimise_s"] = time.perf_counter() - t0
 
     metrics = {
@@ -163,7 +199,7 @@ def distill_stage(
     reference_s = time.perf_counter() - t0
 
     history_rows = seen + len(block)
-    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report)
+    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report, device)
     metrics["timings"] = {"reference_s": reference_s, **metrics["timings"], "total_s": time.perf_counter() - started}
 
     save_synthetic(out_dir / SYNTHETIC, syn, schema.labels)

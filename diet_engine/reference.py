@@ -36,5 +36,7 @@ def continue_reference(
     """
     model = copy.deepcopy(previous).to(device)
     opt = make_optimizer(model, cfg.train)
-    train_real_epoch(model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, on_step)
+    train_real_epoch(
+        model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, on_step, cfg.train.precision
+    )
     return model.eval()
