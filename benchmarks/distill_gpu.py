@@ -48,7 +48,7 @@ from diet_engine.influence import Influence  # noqa: E402
 from diet_engine.memory import fuse, fusion_weights  # noqa: E402
 from diet_engine.metrics import mean_auc_torch  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
-from diet_engine.models.base import CTRModel  # noqa: E402
+from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
 from diet_engine.reference import continue_reference, new_reference  # noqa: E402
 from diet_engine.schema import CategoricalField, StreamSchema  # noqa: E402
 from diet_engine.synthetic import SyntheticSet  # noqa: E402
@@ -235,14 +235,17 @@ def training_step_cost(model: CTRModel, block: TensorBlock, batch_size: int, dev
 # --------------------------------------------------------------------------- the run
 
 def configs(args) -> tuple[ReferenceConfig, DistillConfig, CandidateConfig]:
-    ref = ReferenceConfig(model="dcn", train=TrainConfig(batch_size=args.ref_batch, lr=args.ref_lr, precision=args.precision))
+    arch = ModelConfig(embedding_dim=args.dim, hidden=[int(h) for h in args.hidden.split(",")])
+    train = TrainConfig(batch_size=args.ref_batch, lr=args.ref_lr, precision=args.precision)
+    ref = ReferenceConfig(model="dcn", arch=arch, train=train)
     dist = DistillConfig(
         ratio=args.ratio, outer_iters=args.outer_iters, inner_steps=args.inner_steps, window=args.window,
         inner_batch=args.inner_batch, outer_batch=args.outer_batch, target_pool_rows=args.pool_rows,
         score_batch=args.score_batch, cuda_graph=args.cuda_graph,
     )
     # the paper trains full data and distilled data with the same batch size (appendix A.3)
-    cand = CandidateConfig(train=TrainConfig(batch_size=args.cand_batch), distilled_batch=args.cand_batch)
+    cand = CandidateConfig(arch=arch, train=TrainConfig(batch_size=args.cand_batch), distilled_batch=args.cand_batch,
+                           distilled_epochs=args.distilled_epochs)
     return ref, dist, cand
 
 
@@ -456,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fields", type=int, default=17)
     p.add_argument("--buckets", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=32, help="embedding dimension (the paper: 32)")
+    p.add_argument("--hidden", default="256,128", help="DNN widths of every model")
     p.add_argument("--block-rows", type=int, default=2_500_000)
     p.add_argument("--blocks", type=int, default=4, help="historical blocks (stages)")
     p.add_argument("--eval-rows", type=int, default=500_000, help="rows of the validation and of the test split")
@@ -473,6 +478,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-batch", type=int, default=16_384)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--cand-batch", type=int, default=4096)
+    p.add_argument("--distilled-epochs", type=int, default=8, help="candidate epochs on the distilled set (the paper: up to 8)")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--variants", default="4096:fp32,16384:fp32,16384:bf16,65536:fp32,65536:bf16",
                    help="reference-epoch variants batch:precision timed on the last block with their test AUC ('' for none)")
@@ -480,13 +486,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="torch.profiler tables into OUT/profile.txt")
     p.add_argument("--budget-s", type=float, default=420, help="skip later sections once this much wall time has passed")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.buckets, args.block_rows, args.blocks, args.eval_rows = 2_000, 20_000, 2, 5_000
-        args.ref_batch, args.cand_batch, args.score_batch, args.pool_rows = 2048, 2048, 8192, 4096
-        args.outer_iters, args.inner_steps, args.window, args.inner_batch, args.outer_batch = 4, 4, 2, 64, 256
-        args.ratio, args.variants, args.eager_iters = 0.02, "2048:fp32", 0
-    return args
+    if p.parse_known_args(argv)[0].quick:  # smaller defaults; flags given explicitly still win
+        p.set_defaults(
+            buckets=2_000, block_rows=20_000, blocks=2, eval_rows=5_000, ref_batch=2048, cand_batch=2048,
+            score_batch=8192, pool_rows=4096, outer_iters=4, inner_steps=4, window=2, inner_batch=64, outer_batch=256,
+            ratio=0.02, variants="2048:fp32", eager_iters=0, dim=8, hidden="64,32",
+        )
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
