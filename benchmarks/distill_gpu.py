@@ -232,6 +232,60 @@ def training_step_cost(model: CTRModel, block: TensorBlock, batch_size: int, dev
             "distinct_rows_per_batch": distinct, "batch": n}
 
 
+# metadata-only aten ops: no kernel on a GPU
+VIEW_OPS = {
+    "view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", "unsqueeze", "squeeze", "detach", "alias",
+    "as_strided", "permute", "reshape", "split", "unbind", "split_with_sizes", "lift_fresh", "_to_copy_noop",
+    "sym_size", "sym_stride", "sym_numel", "is_same_size", "_local_scalar_dense",
+}
+
+
+def count_ops(fn) -> int:
+    """aten ops `fn` dispatches, views left out: about the kernels an eager GPU run launches for it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in VIEW_OPS:
+                Counter.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter():
+        fn()
+    return Counter.n
+
+
+def launch_counts(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device) -> dict:
+    """Ops per reference step, per eager outer iteration (addressing apart) and per addressing round.
+
+    Differences of two run lengths, so one-off work (optimiser set-up, the epoch's shuffle) drops out.
+    """
+    from diet_engine.training import generator, train_real_epoch
+
+    model = copy.deepcopy(ref).to(device)
+    opt = make_optimizer(model, ref_cfg.train)
+    rows = block.take(torch.arange(min(len(block), 3 * 256))).to(device)
+
+    def epoch(n: int):
+        return lambda: train_real_epoch(model, rows.take(torch.arange(n * 256)), opt, 256, generator(0), device)
+
+    epoch(1)()  # lazy state out of the count
+    per_step = (count_ops(epoch(3)) - count_ops(epoch(1))) / 2
+    eager = dcfg.model_copy(update={"cuda_graph": False, "address_every": 10_000})
+
+    def outer(k: int):
+        return lambda: optimise_memory(syn.detach(), dense_prev, pool_emb, pool_labels, eager.model_copy(update={"outer_iters": k}))
+
+    per_iter = (count_ops(outer(5)) - count_ops(outer(1))) / 4
+    addressing = count_ops(lambda: address(
+        Influence(dense_prev, dcfg.influence_params, dcfg.score_batch), syn, pool_emb, pool_labels,
+        dcfg.hard_ratio, dcfg.active_rows, temperature=dcfg.temperature))
+    return {"reference_ops_per_step": per_step, "bilevel_ops_per_outer_iter": per_iter,
+            "addressing_ops_per_round": addressing, "mean_unroll_steps": (min(dcfg.window, dcfg.inner_steps) + dcfg.inner_steps) / 2}
+
+
 # --------------------------------------------------------------------------- the run
 
 def configs(args) -> tuple[ReferenceConfig, DistillConfig, CandidateConfig]:
@@ -276,6 +330,7 @@ def run_stage(t, block, ref_prev, previous, seen, ref_cfg, dcfg, device, phases)
             syn = new
     with phases(ph, "target_pool"):
         pool_emb, pool_labels = target_pool(ref, block, t, dcfg, device)
+    del block  # the bi-level step needs only the pool: the block goes back to host memory, as a worker's would
     dense_prev = module_on(ref_prev.dense, device)
     with phases(ph, "addressing"):  # one round; optimise_memory runs one every address_every iterations
         plan = address(
@@ -306,7 +361,6 @@ def run_stage(t, block, ref_prev, previous, seen, ref_cfg, dcfg, device, phases)
     rec["synthetic_rows"] = len(syn)
     rec["new_rows"], rec["kept_rows"] = len(new), len(syn) - len(new)
     rec["history_rows"] = history_rows
-    del block
     return rec, ref, syn
 
 
@@ -606,6 +660,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["floors"] = floors
     except Exception as exc:  # noqa: BLE001 - a floor estimate must not cost the run its measurements
         result["floors_error"] = repr(exc)
+    try:
+        result.setdefault("floors", {})["launches"] = launch_counts(
+            ref, last_block, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device)
+    except Exception as exc:  # noqa: BLE001
+        result["launches_error"] = repr(exc)
     write(args.out, result)
 
     if args.profile and cuda and not over_budget("profile"):

@@ -133,6 +133,18 @@ def iter_parquet(path: str | Path, schema: StreamSchema, rows: int = DEFAULT_REA
 
 # --------------------------------------------------------------------------- blocks
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two device names mean one device ('cuda' is the current GPU, as 'cuda:0' may be)."""
+
+    def resolved(d: torch.device | str) -> torch.device:
+        d = torch.device(d)
+        if d.type == "cuda" and d.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+
+    return resolved(a) == resolved(b)
+
+
 @dataclass
 class TensorBlock:
     cat: Tensor

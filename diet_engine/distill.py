@@ -23,7 +23,7 @@ from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_syn
 from diet_engine.bilevel import optimise_memory
 from diet_engine.boundary import boundary_select
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.data import TensorBlock
+from diet_engine.data import TensorBlock, same_device
 from diet_engine.influence import Influence
 from diet_engine.memory import fuse, fusion_weights
 from diet_engine.models.base import CTRModel
@@ -91,7 +91,7 @@ def target_pool(reference: CTRModel, block: TensorBlock, stage: int, cfg: Distil
 def module_on(module: nn.Module, device: str) -> nn.Module:
     """`module` itself when its weights are on `device`, else a copy there (shared checkpoints stay put)."""
     first = next(module.parameters(), None)
-    if first is None or first.device == torch.device(device):
+    if first is None or same_device(first.device, device):
         return module
     return copy.deepcopy(module).to(device)
 

@@ -56,7 +56,7 @@ class GraphedMetaGradient:
 
     def _plain_step(self) -> None:
         leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-        e, z = self.emb.detach()[self.step_idx], self.logits.detach()[self.step_idx]
+        e, z = self.emb.detach()[self.step_idx], self.logits.detach()[self.step_idx]  # no gradient: plain gathers
         loss = bce(functional_call(self.dense, leaves, (e,)), soft_targets(z, self.cfg.temperature))
         grads = torch.autograd.grad(loss, list(leaves.values()))
         with torch.no_grad():
@@ -66,8 +66,10 @@ class GraphedMetaGradient:
     def _window_and_outer(self) -> tuple[Tensor, Tensor, Tensor]:
         params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
         for step in range(self.window):
+            # index_select, not [idx]: its backward is an atomic index_add (capturable), not a sort-based index_put
             idx = self.window_idx[step]
-            loss = bce(functional_call(self.dense, params, (self.emb[idx],)), soft_targets(self.logits[idx], self.cfg.temperature))
+            e, z = self.emb.index_select(0, idx), self.logits.index_select(0, idx)
+            loss = bce(functional_call(self.dense, params, (e,)), soft_targets(z, self.cfg.temperature))
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
             params = {k: v - self.cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
         outer = bce(functional_call(self.dense, params, (self.pool_emb[self.pick],)), self.pool_labels[self.pick])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diet_engine.config import TrainConfig
-from diet_engine.data import Block, TensorBlock
+from diet_engine.data import Block, TensorBlock, same_device
 from diet_engine.metrics import TaskMetrics, task_metrics
 from diet_engine.models.base import CTRModel
 from diet_engine.synthetic import SyntheticSet
@@ -67,7 +67,7 @@ def autocast(device: str | torch.device, precision: str = "fp32"):
 
 def on_device(block: Block, device: str | torch.device) -> Block:
     """An in-memory block moved to `device` once (a GPU then gathers its own batches); others as they are."""
-    if isinstance(block, TensorBlock) and block.device != torch.device(device):
+    if isinstance(block, TensorBlock) and not same_device(block.device, device):
         return block.to(device, non_blocking=block.cat.is_pinned())
     return block
 

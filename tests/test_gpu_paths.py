@@ -76,3 +76,33 @@ def test_torch_auc_equals_sklearn_with_ties_and_one_class():
     expected = np.mean([roc_auc_score(y[:, j].numpy(), s[:, j].numpy()) for j in range(3)])
     assert mean_auc_torch(y, s) == pytest.approx(expected, abs=1e-12)
     assert roc_auc_torch(torch.zeros(10), torch.rand(10)) == 0.5
+
+
+def test_boundary_memory_embeds_only_the_chosen_rows_with_embed_rows_values():
+    """Scoring from logits alone and embedding the chosen rows gives what embedding the whole block did."""
+    from diet_engine.boundary import boundary_select
+    from diet_engine.data import TensorBlock
+    from diet_engine.distill import boundary_memory
+    from diet_engine.training import el2n_scores, embed_rows
+
+    torch.manual_seed(0)
+    model = build_model("dcn", tiny_schema(), SMALL).eval()
+    g = torch.Generator().manual_seed(2)
+    block = TensorBlock(torch.randint(0, 64, (500, 3), generator=g), torch.rand(500, 1, generator=g),
+                        (torch.rand(500, 2, generator=g) < 0.3).float(), torch.arange(500))
+    new, chosen = boundary_memory(model, block, 3, 40, DistillConfig())
+    rows = embed_rows(model, block)
+    expected = boundary_select(el2n_scores(rows.logits, block.labels), block.labels, 40, 0.9)
+    assert torch.equal(chosen, expected)
+    assert torch.equal(new.emb, rows.emb[chosen]) and torch.equal(new.logits, rows.logits[chosen])
+    assert (new.stage == 3).all()
+
+
+def test_same_device_and_blocks_moved_once():
+    from diet_engine.data import TensorBlock, same_device
+    from diet_engine.training import on_device
+
+    assert same_device("cpu", torch.device("cpu"))
+    block = TensorBlock(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 1), torch.zeros(4, 2), torch.arange(4))
+    assert on_device(block, "cpu") is block
+    assert [len(b) for b in block.to("cpu").batches(3)] == [3, 1]
