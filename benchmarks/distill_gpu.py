@@ -439,6 +439,15 @@ def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb,
     res["bilevel_kernels_per_iter_incl_one_addressing"] = kernels / 3
     text += ["== bi-level, 3 eager outer iterations (one addressing round) ==",
              prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)]
+    # one candidate on the distilled set: 8 short epochs, each validated
+    emb = {k: v.detach().clone() for k, v in ref.embedding.state_dict().items()}
+    cand = CandidateConfig(arch=ref_cfg.arch, train=TrainConfig(batch_size=4096), distilled_batch=4096)
+    valid = block.take(torch.arange(min(len(block), 200_000))).to(device)
+    with profile(activities=acts) as prof:
+        train_candidate("dcn", ref.schema, finetune=[], valid=valid, cfg=cand, seed=0, embeddings=emb, distilled=syn, device=device)
+        sync(device)
+    text += ["== candidate dcn on the distilled set (model built on the host, 8 epochs, validation each) ==",
+             prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)]
     (out / "profile.txt").write_text("\n".join(text))
     return res
 
@@ -492,7 +501,7 @@ def print_table(result: dict) -> None:
     if result.get("reference_variants"):
         print("\nreference epoch variants (last block, same start):")
         for v in result["reference_variants"]:
-            print(f"  batch {v['batch']:>6} {v['precision']}: {fmt(v['seconds'], ' s')} ({v['rows_per_s'] / 1e6:.2f} M rows/s), "
+            print(f"  batch {v['batch']:>6} {v['precision']} lr {v['lr']:g}: {fmt(v['seconds'], ' s')} ({v['rows_per_s'] / 1e6:.2f} M rows/s), "
                   f"peak {fmt(v['peak_gb'], ' GB', 2)}, test AUC {v['test_auc']:.4f}")
     if result.get("candidates"):
         print(f"\n{'model':<10}{'full hist s':>12}{'distilled s':>12}{'epochs':>7}{'x history':>10}{'x per ep':>9}"
@@ -519,7 +528,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=4, help="historical blocks (stages)")
     p.add_argument("--eval-rows", type=int, default=500_000, help="rows of the validation and of the test split")
     p.add_argument("--ratio", type=float, default=0.015, help="distilled / historical rows (KuaiRand in the paper: 1.5 %%)")
-    p.add_argument("--ref-batch", type=int, default=16_384)
+    p.add_argument("--ref-batch", type=int, default=32_768)
     p.add_argument("--ref-lr", type=float, default=1e-3)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--outer-iters", type=int, default=200)
@@ -534,8 +543,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cand-batch", type=int, default=4096)
     p.add_argument("--distilled-epochs", type=int, default=8, help="candidate epochs on the distilled set (the paper: up to 8)")
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--variants", default="4096:fp32,16384:fp32,16384:bf16,65536:fp32,65536:bf16",
-                   help="reference-epoch variants batch:precision timed on the last block with their test AUC ('' for none)")
+    p.add_argument("--variants", default="4096:fp32,16384:fp32,32768:fp32,32768:bf16,32768:fp32:0.002,65536:fp32:0.002",
+                   help="reference-epoch variants batch:precision[:lr] timed on the last block with their test AUC ('' for none)")
     p.add_argument("--eager-iters", type=int, default=15, help="outer iterations timed with cuda_graph off (0: skip)")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables into OUT/profile.txt")
     p.add_argument("--budget-s", type=float, default=420, help="skip later sections once this much wall time has passed")
@@ -587,7 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
     write(args.out, result)
 
     # DIET stage by stage
-    ref = new_reference(schema, ref_cfg).to(device)
+    ref = new_reference(schema, ref_cfg)
     syn, seen = None, 0
     refs_prev = None
     for t, block in enumerate(hist, 1):
@@ -596,13 +605,16 @@ def main(argv: list[str] | None = None) -> dict:
         rec, new_ref, syn = run_stage(t, block, ref, syn, seen, ref_cfg, cfg_t, device, phases)
         seen += len(block)
         result["stages"].append(rec)
-        refs_prev, ref = ref, new_ref
+        # checkpoints wait in host memory, as a worker loads them from storage: the next reference epoch
+        # copies checkpoint t to the device (inside its timing) and only its dense part stays there
+        refs_prev, ref = ref, new_ref.cpu()
         write(args.out, result)
         print(f"stage {t}: {rec['total_s']:.2f} s, peak {fmt(rec['peak_gb'], ' GB', 2)}", flush=True)
         if cuda:
             torch.cuda.empty_cache()
 
     last_block = hist[-1]
+    ref = ref.to(device)
     dense_prev = module_on(refs_prev.dense, device)
     pool_emb, pool_labels = target_pool(ref, last_block, len(hist), dcfg, device)
 
@@ -631,14 +643,15 @@ def main(argv: list[str] | None = None) -> dict:
     for spec in [v for v in args.variants.split(",") if v]:
         if over_budget(f"variant {spec}"):
             break
-        batch, precision = spec.split(":")
-        cfg = ref_cfg.model_copy(update={"train": ref_cfg.train.model_copy(update={"batch_size": int(batch), "precision": precision})})
+        batch, precision, *lr = spec.split(":")
+        train = {"batch_size": int(batch), "precision": precision, "lr": float(lr[0]) if lr else ref_cfg.train.lr}
+        cfg = ref_cfg.model_copy(update={"train": ref_cfg.train.model_copy(update=train)})
         ph: dict = {}
         block = last_block.to(device, non_blocking=True)
         with phases(ph, "epoch"):
             model = continue_reference(refs_prev, block, cfg, len(hist), device)
         result["reference_variants"].append({
-            "batch": int(batch), "precision": precision, "seconds": ph["epoch"]["seconds"],
+            "batch": int(batch), "precision": precision, "lr": train["lr"], "seconds": ph["epoch"]["seconds"],
             "rows_per_s": len(block) / ph["epoch"]["seconds"], "peak_gb": ph["epoch"]["peak_gb"],
             "test_auc": test_auc(model, test, device),
         })

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from diet_engine.addressing import address
+from diet_engine.addressing import Addressing, address
 from diet_engine.config import DistillConfig
 from diet_engine.influence import Influence, Params
 from diet_engine.meta_graph import MetaGradientGraphs
@@ -122,10 +122,13 @@ def optimise_memory(
     plan = None
     for it in range(cfg.outer_iters):
         if plan is None or it % cfg.address_every == 0:
-            plan = address(
-                influence, syn, pool_emb, pool_labels, cfg.hard_ratio, cfg.active_rows,
-                temperature=cfg.temperature, select_targets=cfg.target_selection, select_memory=cfg.memory_selection,
-            )
+            def round_() -> Addressing:
+                return address(
+                    influence, syn, pool_emb, pool_labels, cfg.hard_ratio, cfg.active_rows,
+                    temperature=cfg.temperature, select_targets=cfg.target_selection, select_memory=cfg.memory_selection,
+                )
+
+            plan = graphs.address(round_) if graphs else round_()  # syn changes in place: a capture stays valid
             with torch.no_grad():
                 h_loss = bce(functional_call(dense_prev, start, (pool_emb[plan.hard],)), pool_labels[plan.hard])
             log.hard_loss_start.append(float(h_loss))

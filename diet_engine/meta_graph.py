@@ -10,7 +10,10 @@ captured once and replayed:
   index buffer, updating static parameters in place; replayed `total - window`
   times for the random truncation (RaT-BPTT);
 * graph B: the `window` differentiable steps, the outer loss on the hard
-  targets and its gradient w.r.t. the active rows' embeddings and logits.
+  targets and its gradient w.r.t. the active rows' embeddings and logits;
+* the addressing round (influence scores by JVP over the whole synthetic set
+  and the target pool, top-k): the synthetic set is updated in place, so the
+  same tensors are read at every round.
 
 The random draws (unroll length, batch order, outer batch) are made on the
 host from the same generator and in the same order as `bilevel.inner_unroll`,
@@ -22,6 +25,8 @@ memory) warns once and the caller falls back to the eager loop.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -113,13 +118,35 @@ def _capture(fn):
     return graph, out
 
 
+T = TypeVar("T")
+
+
 class MetaGradientGraphs:
-    """One captured meta-gradient per (|A|, outer batch); remembers a failed capture and stops trying."""
+    """One captured meta-gradient per (|A|, outer batch) and one addressing round; a failed capture warns and
+    that part runs eagerly from then on."""
 
     def __init__(self, dense: nn.Module, start: Params, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig) -> None:
         self.args = (dense, start, pool_emb, pool_labels, cfg)
         self.graphs: dict[tuple[int, int], GraphedMetaGradient] = {}
         self.failed = False
+        self.address_graph: torch.cuda.CUDAGraph | None = None
+        self.address_out = None
+        self.address_failed = False
+
+    def address(self, round_: Callable[[], T]) -> T:
+        """`round_()`, captured at the first call (every later call replays that capture: same tensors, new values)."""
+        if self.address_failed:
+            return round_()
+        if self.address_graph is None:
+            try:
+                self.address_graph, self.address_out = _capture(round_)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+                warnings.warn(f"CUDA graph capture of addressing failed, running eagerly: {exc}", stacklevel=2)
+                self.address_failed = True
+                torch.cuda.synchronize()
+                return round_()
+        self.address_graph.replay()  # a capture records without running: the first answer comes from a replay too
+        return self.address_out
 
     @staticmethod
     def wanted(cfg: DistillConfig, pool_emb: Tensor) -> bool:

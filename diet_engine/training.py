@@ -16,6 +16,7 @@ from diet_engine.config import TrainConfig
 from diet_engine.data import Block, TensorBlock, same_device
 from diet_engine.metrics import TaskMetrics, task_metrics
 from diet_engine.models.base import CTRModel
+from diet_engine.rowwise_adam import SyncFreeSparseAdam
 from diet_engine.synthetic import SyntheticSet
 
 EVAL_BATCH = 8192
@@ -51,9 +52,9 @@ def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) 
     others = [p for p in model.embedding_parameters() if p is not table]
     if others:  # numeric-field vectors are dense
         dense.append({"params": others, "lr": emb_lr})
-    return Optimizers(
-        torch.optim.Adam(dense, weight_decay=cfg.weight_decay, **fused), torch.optim.SparseAdam([table], lr=emb_lr)
-    )
+    # on a GPU the same lazy Adam without SparseAdam's coalesce, which makes every step wait for the device
+    sparse = SyncFreeSparseAdam([table], lr=emb_lr) if table.is_cuda else torch.optim.SparseAdam([table], lr=emb_lr)
+    return Optimizers(torch.optim.Adam(dense, weight_decay=cfg.weight_decay, **fused), sparse)
 
 
 def autocast(device: str | torch.device, precision: str = "fp32"):
