@@ -660,6 +660,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # floors: compute and memory traffic against what this device measured
     try:
+        if over_budget("floors"):
+            raise TimeoutError("skipped: over --budget-s")
         cost = training_step_cost(copy.deepcopy(ref).to(device), last_block, ref_cfg.train.batch_size, device)
         floors = {"reference_step": cost}
         flops_iter = bilevel_flops(syn, dense_prev, pool_emb, pool_labels, dcfg)
@@ -674,6 +676,8 @@ def main(argv: list[str] | None = None) -> dict:
     except Exception as exc:  # noqa: BLE001 - a floor estimate must not cost the run its measurements
         result["floors_error"] = repr(exc)
     try:
+        if over_budget("launches"):
+            raise TimeoutError("skipped: over --budget-s")
         result.setdefault("floors", {})["launches"] = launch_counts(
             ref, last_block, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device)
     except Exception as exc:  # noqa: BLE001

@@ -126,15 +126,15 @@ def train_soft_epoch(
 ) -> float:
     """One pass of the dense part over synthetic embeddings with soft labels."""
     model.train()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
     for part in syn.batches(batch_size, shuffle=True, generator=gen):
         part = part.to(device)
         loss = bce(model.dense(part.emb), soft_targets(part.logits, temperature))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total += loss.item() * len(part)
-    return total / max(len(syn), 1)
+        total += loss.detach().double() * len(part)
+    return float(total) / max(len(syn), 1)
 
 
 @torch.no_grad()
