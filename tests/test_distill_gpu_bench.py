@@ -18,7 +18,7 @@ def bench():
 
 
 def test_quick_run_writes_phases_candidates_and_ratios(bench, tmp_path):
-    bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--models", "dcn,wukong",
+    bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--models", "wukong",
                 "--block-rows", "4000", "--eval-rows", "1000", "--outer-iters", "3", "--distilled-epochs", "2"])
     saved = json.loads((tmp_path / "distill_gpu.json").read_text())
     assert saved["quick"] and saved["device"]["device"] == "cpu"
@@ -33,7 +33,7 @@ def test_quick_run_writes_phases_candidates_and_ratios(bench, tmp_path):
     # stage 2 keeps part of stage 1's memory, and the set holds ratio x history rows
     assert saved["stages"][1]["kept_rows"] > 0
     assert saved["stages"][1]["synthetic_rows"] == round(0.02 * 8_000)
-    assert set(saved["candidates"]) == {"dcn", "wukong"}
+    assert set(saved["candidates"]) == {"wukong"}
     for cell in saved["candidates"].values():
         assert set(cell["phases"]) == {"full_history", "full_subsequent", "distilled", "distilled_subsequent"}
         assert cell["history_rows"] == 8_000 and cell["distilled_rows"] == 160 and cell["distilled_epochs"] == 2
