@@ -45,7 +45,7 @@ from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig, 
 from diet_engine.data import TensorBlock  # noqa: E402
 from diet_engine.distill import boundary_memory, memory_budget, module_on, target_pool  # noqa: E402
 from diet_engine.influence import Influence  # noqa: E402
-from diet_engine.memory import fuse, fusion_weights  # noqa: E402
+from diet_engine.memory import fuse, fusion_weights, reanchor  # noqa: E402
 from diet_engine.metrics import mean_auc_torch  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
@@ -323,6 +323,8 @@ def run_stage(t, block, ref_prev, previous, seen, ref_cfg, dcfg, device, phases)
         new, chosen = boundary_memory(ref, block, t, n_new, dcfg, device)
     with phases(ph, "memory_fusion"):
         if previous is not None and n_keep:
+            if dcfg.reanchor:  # kept rows carried into checkpoint t's space
+                previous = reanchor(previous, module_on(ref_prev, device), ref)
             influence = Influence(ref.dense.eval(), dcfg.influence_params, dcfg.score_batch)
             weights = fusion_weights(influence, previous, new.emb, block.labels[chosen.to(block.device)], dcfg.temperature)
             syn = fuse(previous, weights, n_keep, new)

@@ -2,9 +2,12 @@
 
 * `synthetic.parquet`: one row per distilled row — `stage` (int32), `embedding`
   (fixed-size list of F×D float32, row-major [field, dim]) and one float32
-  column `logit_<task>` per task. The file's metadata says F, D and the tasks.
+  column `logit_<task>` per task; for rows that started from a real row, that
+  row's hashed ids `src_cat` (fixed-size list of int64) and numeric features
+  `src_num` (float32), which the next stage re-anchors the row by. The file's
+  metadata says F, D and the tasks.
 * `reference.safetensors`: the reference checkpoint (embedding tables and dense
-  weights) with its model name, architecture, schema, stage and the number of
+  weights, plus Adam's moments under `optimizer.*` that the next stage continues) with its model name, architecture, schema, stage and the number of
   historical rows seen in the metadata. No pickles.
 """
 
@@ -40,10 +43,25 @@ def save_synthetic(path: Path, syn: SyntheticSet, tasks: list[str]) -> None:
     for j, task in enumerate(tasks):
         columns[f"logit_{task}"] = pa.array(logits[:, j])
     meta = {"diet.fields": str(f), "diet.dim": str(d), "diet.tasks": json.dumps(tasks)}
+    if syn.anchored:
+        columns["src_cat"] = _fixed_list(syn.src_cat.cpu().numpy().astype(np.int64))
+        meta["diet.numeric"] = str(syn.src_num.shape[1])
+        if syn.src_num.shape[1]:
+            columns["src_num"] = _fixed_list(syn.src_num.cpu().numpy().astype(np.float32))
     table = pa.table(columns).replace_schema_metadata(meta)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(path)
+
+
+def _fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def _column_matrix(table: pa.Table, name: str, dtype: type) -> np.ndarray:
+    column = table.column(name).combine_chunks()
+    width = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(table.num_rows, width)
 
 
 def load_synthetic(path: Path) -> tuple[SyntheticSet, list[str]]:
@@ -58,6 +76,12 @@ def load_synthetic(path: Path) -> tuple[SyntheticSet, list[str]]:
         torch.from_numpy(logits.astype(np.float32)),
         torch.from_numpy(table.column("stage").to_numpy().astype(np.int64)),
     )
+    if "src_cat" in table.column_names:
+        syn.src_cat = torch.from_numpy(_column_matrix(table, "src_cat", np.int64))
+        numeric = int(meta.get("diet.numeric", "0"))
+        syn.src_num = (
+            torch.from_numpy(_column_matrix(table, "src_num", np.float32)) if numeric else torch.zeros(n, 0)
+        )
     return syn, tasks
 
 
@@ -70,8 +94,12 @@ class ReferenceInfo:
     history_rows: int
 
 
+OPTIMIZER_PREFIX = "optimizer."
+
+
 def save_reference(path: Path, model: CTRModel, arch: ModelConfig, stage: int, history_rows: int) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state.update({OPTIMIZER_PREFIX + k: v.contiguous() for k, v in model.optimizer_state.items()})
     meta = {
         "diet.model": model.name,
         "diet.arch": arch.model_dump_json(),
@@ -99,7 +127,9 @@ def reference_info(path: Path) -> ReferenceInfo:
 def load_reference(path: Path) -> tuple[CTRModel, ReferenceInfo]:
     info = reference_info(path)
     model = build_model(info.model, info.schema, info.arch)
-    model.load_state_dict(load_file(str(path)))
+    tensors = load_file(str(path))
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    model.optimizer_state = {k.removeprefix(OPTIMIZER_PREFIX): v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
     return model, info
 
 

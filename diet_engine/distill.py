@@ -25,7 +25,7 @@ from diet_engine.boundary import boundary_select
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.data import TensorBlock, same_device
 from diet_engine.influence import Influence
-from diet_engine.memory import fuse, fusion_weights
+from diet_engine.memory import fuse, fusion_weights, reanchor
 from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.schema import StreamSchema
@@ -76,9 +76,12 @@ def boundary_memory(
     scores = el2n_scores(logits, block.labels.to(logits.device))
     # selected where the scores are (a GPU sorts 2.5 M scores in a millisecond); indices come back to the host
     chosen = boundary_select(scores, block.labels.to(scores.device), budget, cfg.el2n_percentile).cpu()
-    emb = lookup_rows(reference, block.take(chosen), device)
+    rows = block.take(chosen)
+    emb = lookup_rows(reference, rows, device)
     stages = torch.full((len(chosen),), stage, dtype=torch.long, device=emb.device)
-    return SyntheticSet(emb, logits[chosen.to(logits.device)], stages), chosen
+    # each row keeps its real feature values: the anchor a later stage re-embeds it by (memory.reanchor)
+    new = SyntheticSet(emb, logits[chosen.to(logits.device)], stages, rows.cat.to(emb.device), rows.num.to(emb.device))
+    return new, chosen
 
 
 def target_pool(reference: CTRModel, block: TensorBlock, stage: int, cfg: DistillConfig, device: str = "cpu") -> tuple[Tensor, Tensor]:
@@ -94,7 +97,9 @@ def module_on(module: nn.Module, device: str) -> nn.Module:
     first = next(module.parameters(), None)
     if first is None or same_device(first.device, device):
         return module
-    return copy.deepcopy(module).to(device)
+    # a checkpoint's saved optimiser moments (host tensors) are not needed by the copy
+    saved = getattr(module, "optimizer_state", None)
+    return copy.deepcopy(module, memo={id(saved): {}} if saved is not None else None).to(device)
 
 
 def distill_in_memory(
@@ -126,6 +131,8 @@ def distill_in_memory(
     if previous is not None and n_keep:
         report(StageProgress(phase="fusion", step=0, total=1))
         previous = previous.to(device)
+        if cfg.reanchor:
+            previous = reanchor(previous, module_on(reference_prev, device), reference)
         influence = Influence(reference.dense.eval(), cfg.influence_params, cfg.score_batch)
         weights = fusion_weights(influence, previous, new.emb, block.labels[chosen].to(device), cfg.temperature)
         syn = fuse(previous, weights, n_keep, new)

@@ -12,7 +12,7 @@ from diet_engine.data import Block
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel
 from diet_engine.schema import StreamSchema
-from diet_engine.training import generator, make_optimizer, train_real_epoch
+from diet_engine.training import generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, train_real_epoch
 
 
 def new_reference(schema: StreamSchema, cfg: ReferenceConfig) -> CTRModel:
@@ -31,12 +31,16 @@ def continue_reference(
 ) -> CTRModel:
     """Checkpoint t from checkpoint t-1: a copy trained one epoch on block t.
 
-    Adam starts afresh each stage: a checkpoint holds weights only, so every
-    stage can run on another worker from the stored artifact alone.
+    Adam continues from the moments checkpoint t-1 carries (`optimizer_state`,
+    stored in its artifact), so a stage can run on another worker from the
+    stored artifact alone and still train as one uninterrupted run would.
     """
     model = copy.deepcopy(previous).to(device)
     opt = make_optimizer(model, cfg.train)
+    if cfg.keep_optimizer and previous.optimizer_state:
+        load_optimizer_tensors(opt, {k: v.to(device) for k, v in previous.optimizer_state.items()})
     train_real_epoch(
         model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, on_step, cfg.train.precision
     )
+    model.optimizer_state = optimizer_tensors(opt) if cfg.keep_optimizer else {}
     return model.eval()

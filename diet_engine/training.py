@@ -41,6 +41,31 @@ class Optimizers:
             o.step()
 
 
+def optimizer_tensors(opt: Optimizers) -> dict[str, Tensor]:
+    """The moments and step counts of every optimiser, flat, as safetensors can hold them."""
+    out = {}
+    for i, o in enumerate(opt.optimizers):
+        for j, state in o.state_dict()["state"].items():
+            for name, value in state.items():
+                out[f"{i}.{j}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+    return out
+
+
+def load_optimizer_tensors(opt: Optimizers, tensors: dict[str, Tensor]) -> None:
+    """Put `optimizer_tensors` output back into optimisers built over the same parameters."""
+    for i, o in enumerate(opt.optimizers):
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            owner, j, name = key.split(".", 2)
+            if int(owner) != i:
+                continue
+            if name == "step" and isinstance(o, (torch.optim.SparseAdam, SyncFreeSparseAdam)):
+                value = int(value.item())  # SparseAdam counts steps with a Python int
+            state.setdefault(int(j), {})[name] = value
+        if state:
+            o.load_state_dict({"state": state, "param_groups": o.state_dict()["param_groups"]})
+
+
 def make_optimizer(model: CTRModel, cfg: TrainConfig, dense_only: bool = False) -> Optimizers:
     dense = [{"params": model.dense_parameters(), "lr": cfg.lr}]
     # on a GPU one fused kernel updates every dense tensor (the same Adam; the CPU keeps the default loop)
@@ -158,9 +183,11 @@ def embed_rows(model: CTRModel, block: TensorBlock, device: str = "cpu", out_dev
         embs.append(e.to(out))
         logits.append(model.dense(e).to(out))
     stage = torch.zeros(len(block), dtype=torch.long, device=out)
+    src_cat, src_num = block.cat.to(out), block.num.to(out)
     if not embs:
-        return SyntheticSet(torch.empty(0, model.schema.num_fields, model.embedding.dim, device=out), torch.empty(0, model.schema.num_tasks, device=out), stage)
-    return SyntheticSet(torch.cat(embs), torch.cat(logits), stage)
+        empty = torch.empty(0, model.schema.num_fields, model.embedding.dim, device=out)
+        return SyntheticSet(empty, torch.empty(0, model.schema.num_tasks, device=out), stage, src_cat, src_num)
+    return SyntheticSet(torch.cat(embs), torch.cat(logits), stage, src_cat, src_num)
 
 
 @torch.no_grad()

@@ -16,6 +16,17 @@ def test_synthetic_parquet_round_trips_bit_for_bit(tmp_path):
     assert torch.equal(back.emb, syn.emb) and torch.equal(back.logits, syn.logits) and torch.equal(back.stage, syn.stage)
 
 
+def test_synthetic_anchors_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    for numeric in (0, 2):
+        syn = SyntheticSet(torch.randn(5, 3, 4, generator=g), torch.randn(5, 1, generator=g), torch.ones(5, dtype=torch.long),
+                           torch.randint(0, 10**12, (5, 3), generator=g), torch.randn(5, numeric, generator=g))
+        save_synthetic(tmp_path / "a.parquet", syn, ["click"])
+        back, _ = load_synthetic(tmp_path / "a.parquet")
+        assert back.anchored and torch.equal(back.src_cat, syn.src_cat) and torch.equal(back.src_num, syn.src_num)
+        assert back.src_num.shape == (5, numeric)
+
+
 def test_reference_round_trips_with_its_metadata(tmp_path):
     arch = ModelConfig(embedding_dim=8, hidden=[16])
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from diet_engine.bilevel import RowAdam, inner_unroll, optimise_memory
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.distill import distill_stage, memory_budget
 from diet_engine.influence import Influence
-from diet_engine.memory import fuse, fusion_weights
+from diet_engine.memory import fuse, fusion_weights, reanchor
 from diet_engine.models import ModelConfig, build_model
 from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import bce
@@ -79,6 +79,22 @@ def test_fusion_keeps_the_rows_aligned_with_the_new_boundary():
     assert len(fused) == 13
     assert torch.equal(fused.emb[:10], hist_emb[1::2])  # exactly the aligned half survives, in order
     assert torch.equal(fused.stage[10:], torch.full((3,), 2))
+
+
+def test_reanchor_moves_rows_by_their_source_rows_drift():
+    before, after = tiny_model(seed=8), tiny_model(seed=9)  # two "checkpoints" with different tables and dense
+    g = torch.Generator().manual_seed(10)
+    cat, num = torch.randint(0, 64, (6, 3), generator=g), torch.rand(6, 1, generator=g)
+    with torch.no_grad():
+        e0, e1 = before.embedding(cat, num), after.embedding(cat, num)
+        z0, z1 = before.dense(e0), after.dense(e1)
+    offset = 0.1 * torch.randn(6, 4, 4, generator=g)  # what optimisation added to the row
+    history = SyntheticSet(e0 + offset, z0 + 1.0, torch.ones(6, dtype=torch.long), cat, num)
+    moved = reanchor(history, before, after)
+    assert torch.allclose(moved.emb, e1 + offset, atol=1e-6) and torch.allclose(moved.logits, z1 + 1.0, atol=1e-5)
+    assert torch.equal(history.emb, e0 + offset)  # the input set is not changed
+    bare = SyntheticSet(history.emb, history.logits, history.stage)
+    assert reanchor(bare, before, after) is bare  # no anchor, nothing to move by
 
 
 def test_addressing_picks_hard_targets_and_responsible_rows():
@@ -150,6 +166,7 @@ def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
     syn, tasks = load_synthetic(tmp_path / "v2" / "synthetic.parquet")
     assert tasks == ["click", "buy"] and syn.emb.shape == (60, 4, 4)
     assert sorted(set(syn.stage.tolist())) == [1, 2]
+    assert syn.anchored and syn.src_cat.shape == (60, 3)  # every row remembers its source row
     model, info = load_reference(tmp_path / "v2" / "reference.safetensors")
     assert info.stage == 2 and info.history_rows == 1200 and info.model == "dcn"
     with pytest.raises(ValueError, match="stage 1"):

@@ -119,6 +119,9 @@ class CTRModel(nn.Module):
         self.schema = schema
         self.embedding = embedding
         self.dense = dense
+        # the optimiser's moments at the end of the last training stage (training.optimizer_tensors),
+        # saved beside the weights so that the next stage continues Adam rather than restarting it
+        self.optimizer_state: dict[str, Tensor] = {}
 
     def forward(self, cat: Tensor, num: Tensor | None = None) -> Tensor:
         return self.dense(self.embedding(cat, num))
