@@ -133,3 +133,48 @@ def test_sync_free_sparse_adam_makes_sparse_adams_updates():
     assert not torch.equal(a.weight[:20], b.weight.new_zeros(20, 6))
     untouched = opt_b.state[b.weight]["exp_avg"][20:]
     assert torch.equal(untouched, torch.zeros_like(untouched))
+
+
+def test_sparse_adam_moments_saved_on_one_device_continue_in_the_sync_free_one():
+    """A checkpoint's SparseAdam moments (CPU stage) carry on in SyncFreeSparseAdam (GPU stage) unchanged."""
+    from diet_engine.rowwise_adam import SyncFreeSparseAdam
+    from diet_engine.training import Optimizers, load_optimizer_tensors, optimizer_tensors
+
+    torch.manual_seed(0)
+    a = torch.nn.Embedding(30, 4, sparse=True)
+    b = torch.nn.Embedding(30, 4, sparse=True)
+    first = Optimizers(torch.optim.SparseAdam(a.parameters(), lr=0.05))
+    idx, w = torch.tensor([1, 2, 2, 7]), torch.randn(4, 4)
+    (a(idx) * w).sum().backward()
+    first.step()
+    b.load_state_dict(a.state_dict())
+    saved = optimizer_tensors(first)
+    second_a = Optimizers(torch.optim.SparseAdam(a.parameters(), lr=0.05))
+    second_b = Optimizers(SyncFreeSparseAdam(b.parameters(), lr=0.05))
+    load_optimizer_tensors(second_a, {k: v.clone() for k, v in saved.items()})
+    load_optimizer_tensors(second_b, {k: v.clone() for k, v in saved.items()})
+    for emb, opt in ((a, second_a), (b, second_b)):
+        opt.zero_grad()
+        (emb(idx) * w).sum().backward()
+        opt.step()
+    assert second_b.optimizers[0].state[b.weight]["step"] == 2
+    assert torch.allclose(a.weight, b.weight, atol=1e-6)
+
+
+def test_two_references_continued_from_one_checkpoint_start_from_the_same_moments():
+    """Continuing twice from one checkpoint (as bench variants do) must not let the first run move its moments."""
+    from diet_engine.config import ReferenceConfig
+    from diet_engine.data import TensorBlock
+    from diet_engine.reference import continue_reference, new_reference
+
+    schema = tiny_schema()
+    cfg = ReferenceConfig(arch=SMALL)
+    g = torch.Generator().manual_seed(3)
+    block = TensorBlock(torch.randint(0, 64, (300, 3), generator=g), torch.rand(300, 1, generator=g),
+                        (torch.rand(300, 2, generator=g) < 0.3).float(), torch.arange(300))
+    first = continue_reference(new_reference(schema, cfg), block, cfg, 1)
+    before = {k: v.clone() for k, v in first.optimizer_state.items()}
+    a = continue_reference(first, block, cfg, 2)
+    assert all(torch.equal(before[k], first.optimizer_state[k]) for k in before)
+    b = continue_reference(first, block, cfg, 2)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
