@@ -26,9 +26,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from diet_engine.addressing import address
+from diet_engine.addressing import Addressing, address
 from diet_engine.config import DistillConfig
 from diet_engine.influence import Influence, Params
+from diet_engine.meta_graph import MetaGradientGraphs
 from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import bce, soft_targets
 
@@ -67,6 +68,7 @@ class OptimiseLog:
     active_rows: int = 0
     hard_rows: int = 0
     skipped_steps: int = 0
+    cuda_graph: bool = False  # the meta-gradient ran from captured CUDA graphs
 
 
 def project_norms(emb: Tensor, rows: Tensor, cap: Tensor) -> None:
@@ -118,7 +120,8 @@ def optimise_memory(
     # every forward below goes through functional_call with these detached tensors:
     # the module's own parameters are never differentiated or changed
     start = {k: v.detach() for k, v in dense_prev.named_parameters()}
-    influence = Influence(dense_prev, cfg.influence_params)
+    influence = Influence(dense_prev, cfg.influence_params, cfg.score_batch)
+    graphs = MetaGradientGraphs(dense_prev, start, pool_emb, pool_labels, cfg) if MetaGradientGraphs.wanted(cfg, pool_emb) else None
     gen = torch.Generator().manual_seed(cfg.seed)
     emb_opt = RowAdam(syn.emb, cfg.lr_embedding)
     logit_opt = RowAdam(syn.logits, cfg.lr_logits)
@@ -132,20 +135,28 @@ def optimise_memory(
         if checkpoint is not None:
             checkpoint.reached(it, syn, (emb_opt, logit_opt), gen, log, plan)
         if plan is None or it % cfg.address_every == 0:
-            plan = address(
-                influence, syn, pool_emb, pool_labels, cfg.hard_ratio, cfg.active_rows,
-                temperature=cfg.temperature, select_targets=cfg.target_selection, select_memory=cfg.memory_selection,
-            )
+            def round_() -> Addressing:
+                return address(
+                    influence, syn, pool_emb, pool_labels, cfg.hard_ratio, cfg.active_rows,
+                    temperature=cfg.temperature, select_targets=cfg.target_selection, select_memory=cfg.memory_selection,
+                )
+
+            plan = graphs.address(round_) if graphs else round_()  # syn changes in place: a capture stays valid
             with torch.no_grad():
                 h_loss = bce(functional_call(dense_prev, start, (pool_emb[plan.hard],)), pool_labels[plan.hard])
             log.hard_loss_start.append(float(h_loss))
         active = plan.active
-        emb_a = syn.emb[active].clone().requires_grad_(True)
-        logit_a = syn.logits[active].clone().requires_grad_(True)
-        final = inner_unroll(dense_prev, start, emb_a, logit_a, cfg, gen)
-        pick = plan.hard[torch.randperm(len(plan.hard), generator=gen)[: cfg.outer_batch]]
-        outer = bce(functional_call(dense_prev, final, (pool_emb[pick],)), pool_labels[pick])
-        g_emb, g_logit = torch.autograd.grad(outer, [emb_a, logit_a], allow_unused=True)
+        graphed = graphs.get(len(active), min(cfg.outer_batch, len(plan.hard)), tuple(syn.emb.shape[1:]), syn.logits.shape[1]) if graphs else None
+        if graphed is not None:  # same draws and maths, replayed from CUDA graphs (meta_graph.py)
+            outer, g_emb, g_logit = graphed(syn.emb[active], syn.logits[active], plan.hard, gen)
+            log.cuda_graph = True
+        else:
+            emb_a = syn.emb[active].clone().requires_grad_(True)
+            logit_a = syn.logits[active].clone().requires_grad_(True)
+            final = inner_unroll(dense_prev, start, emb_a, logit_a, cfg, gen)
+            pick = plan.hard[torch.randperm(len(plan.hard), generator=gen)[: cfg.outer_batch]]
+            outer = bce(functional_call(dense_prev, final, (pool_emb[pick],)), pool_labels[pick])
+            g_emb, g_logit = torch.autograd.grad(outer, [emb_a, logit_a], allow_unused=True)
         if not torch.isfinite(outer) or any(g is not None and not torch.isfinite(g).all() for g in (g_emb, g_logit)):
             log.skipped_steps += 1
             continue

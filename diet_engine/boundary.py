@@ -17,7 +17,7 @@ from torch import Tensor
 
 def label_groups(labels: Tensor) -> list[Tensor]:
     """Row indices per distinct label vector, largest group first."""
-    keys = (labels.round().long() * (2 ** torch.arange(labels.shape[1]))).sum(1)
+    keys = (labels.round().long() * (2 ** torch.arange(labels.shape[1], device=labels.device))).sum(1)
     groups = [torch.nonzero(keys == k).flatten() for k in keys.unique()]
     return sorted(groups, key=len, reverse=True)
 
@@ -52,7 +52,7 @@ def percentile_window(scores: Tensor, k: int, percentile: float) -> Tensor:
     """Indices (into `scores`) of the k rows whose score ranks are centred on `percentile`."""
     n = scores.numel()
     if k >= n:
-        return torch.arange(n)
+        return torch.arange(n, device=scores.device)
     order = torch.argsort(scores, stable=True)
     centre = round(percentile * (n - 1))
     start = min(max(centre - k // 2, 0), n - k)
@@ -64,4 +64,4 @@ def boundary_select(scores: Tensor, labels: Tensor, budget: int, percentile: flo
     groups = label_groups(labels)
     shares = split_budget([len(g) for g in groups], budget)
     chosen = [g[percentile_window(scores[g], k, percentile)] for g, k in zip(groups, shares) if k > 0]
-    return torch.sort(torch.cat(chosen)).values if chosen else torch.empty(0, dtype=torch.long)
+    return torch.sort(torch.cat(chosen)).values if chosen else torch.empty(0, dtype=torch.long, device=scores.device)

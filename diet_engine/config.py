@@ -20,6 +20,8 @@ class TrainConfig(_Config):
     embedding_lr: float | None = Field(default=None, gt=0)
     batch_size: int = Field(default=256, ge=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    # bf16 autocast of the forward pass (GPU speed); check the AUC against fp32 before relying on it
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class ReferenceConfig(_Config):
@@ -62,6 +64,10 @@ class DistillConfig(_Config):
     lr_logits: float = Field(default=1e-1, gt=0)
     temperature: float = Field(default=2.0, gt=0, description="soft labels are sigmoid(logit / temperature)")
     seed: int = 0
+    # speed only (results equal up to float rounding): rows per influence/scoring chunk, and on a GPU
+    # the inner unroll and meta-gradient replayed as captured CUDA graphs (ignored on a CPU)
+    score_batch: int = Field(default=4096, ge=1)
+    cuda_graph: bool = False
 
     @property
     def active_rows(self) -> int:

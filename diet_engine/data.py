@@ -134,6 +134,18 @@ def iter_parquet(path: str | Path, schema: StreamSchema, rows: int = DEFAULT_REA
 
 # --------------------------------------------------------------------------- blocks
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether two device names mean one device ('cuda' is the current GPU, as 'cuda:0' may be)."""
+
+    def resolved(d: torch.device | str) -> torch.device:
+        d = torch.device(d)
+        if d.type == "cuda" and d.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+
+    return resolved(a) == resolved(b)
+
+
 @dataclass
 class TensorBlock:
     cat: Tensor
@@ -147,9 +159,22 @@ class TensorBlock:
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator[Batch]:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.cat.device)  # rows on a GPU are gathered there, not through the host
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             yield Batch(self.cat[idx], self.num[idx], self.labels[idx])
+
+    @property
+    def device(self) -> torch.device:
+        return self.cat.device
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TensorBlock":
+        """The rows on `device` (itself when already there): one copy per epoch instead of one per batch."""
+        return TensorBlock(*(getattr(self, k).to(device, non_blocking=non_blocking) for k in ("cat", "num", "labels", "ts")))
+
+    def pin_memory(self) -> "TensorBlock":
+        """Page-locked host rows: copies to a GPU run asynchronously and at full bus speed."""
+        return TensorBlock(*(getattr(self, k).pin_memory() for k in ("cat", "num", "labels", "ts")))
 
     def take(self, idx: Tensor) -> "TensorBlock":
         return TensorBlock(self.cat[idx], self.num[idx], self.labels[idx], self.ts[idx])

@@ -17,20 +17,21 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
+from torch import Tensor, nn
 
 from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
 from diet_engine.bilevel import optimise_memory
 from diet_engine.boundary import boundary_select
 from diet_engine.checkpoint import StageCheckpoint, fingerprint
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.data import TensorBlock
+from diet_engine.data import TensorBlock, same_device
 from diet_engine.influence import Influence
 from diet_engine.memory import fuse, fusion_weights, reanchor
 from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.schema import StreamSchema
 from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import el2n_scores, embed_rows
+from diet_engine.training import EVAL_BATCH, el2n_scores, lookup_rows, predict_logits
 
 STAGE_JSON = "stage.json"
 
@@ -63,6 +64,45 @@ def memory_budget(history_rows: int, previous_rows: int, cfg: DistillConfig) -> 
     return cap - kept, kept
 
 
+def boundary_memory(
+    reference: CTRModel, block: TensorBlock, stage: int, budget: int, cfg: DistillConfig, device: str = "cpu"
+) -> tuple[SyntheticSet, Tensor]:
+    """Boundary initialisation (Alg. 1): the chosen rows as (φ_t(x), f_t(x) logits) and their indices.
+
+    Every row is scored from its logits alone, kept where they were computed;
+    only the chosen rows are embedded (a [N, F, D] copy of the whole block
+    would be the largest tensor of the stage).
+    """
+    logits = predict_logits(reference, block, device, max(EVAL_BATCH, cfg.score_batch), out_device=None)
+    scores = el2n_scores(logits, block.labels.to(logits.device))
+    # selected where the scores are (a GPU sorts 2.5 M scores in a millisecond); indices come back to the host
+    chosen = boundary_select(scores, block.labels.to(scores.device), budget, cfg.el2n_percentile).cpu()
+    rows = block.take(chosen)
+    emb = lookup_rows(reference, rows, device)
+    stages = torch.full((len(chosen),), stage, dtype=torch.long, device=emb.device)
+    # each row keeps its real feature values: the anchor a later stage re-embeds it by (memory.reanchor)
+    new = SyntheticSet(emb, logits[chosen.to(logits.device)], stages, rows.cat.to(emb.device), rows.num.to(emb.device))
+    return new, chosen
+
+
+def target_pool(reference: CTRModel, block: TensorBlock, stage: int, cfg: DistillConfig, device: str = "cpu") -> tuple[Tensor, Tensor]:
+    """A random pool of the block's real rows for addressing and the outer loss: (φ_t embeddings, labels)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
+    pool = torch.randperm(len(block), generator=gen)[: cfg.target_pool_rows]
+    rows = block.take(pool)
+    return lookup_rows(reference, rows, device), rows.labels.to(device)
+
+
+def module_on(module: nn.Module, device: str) -> nn.Module:
+    """`module` itself when its weights are on `device`, else a copy there (shared checkpoints stay put)."""
+    first = next(module.parameters(), None)
+    if first is None or same_device(first.device, device):
+        return module
+    # a checkpoint's saved optimiser moments (host tensors) are not needed by the copy
+    saved = getattr(module, "optimizer_state", None)
+    return copy.deepcopy(module, memo={id(saved): {}} if saved is not None else None).to(device)
+
+
 def distill_in_memory(
     block: TensorBlock,
     stage: int,
@@ -72,34 +112,34 @@ def distill_in_memory(
     history_rows: int,
     cfg: DistillConfig,
     progress: ProgressFn | None = None,
+    device: str = "cpu",
     checkpoint: StageCheckpoint | None = None,
 ) -> tuple[SyntheticSet, dict]:
-    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t and the stage's metrics.
+    """S_t from S_{t-1}, block t and checkpoints t-1 and t. Returns S_t (on `device`) and the stage's metrics.
 
     `checkpoint` (bound to this stage's inputs) saves and resumes the bi-level loop.
     """
     timings: dict[str, float] = {}
     report = progress or (lambda p: None)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + stage)
     previous = previous if previous is not None and len(previous) else None
     n_new, n_keep = memory_budget(history_rows, len(previous) if previous else 0, cfg)
+    reference = module_on(reference, device)
 
     # 1. boundary initialisation: EL2N at checkpoint t, label-conditioned window
     t0 = time.perf_counter()
     report(StageProgress(phase="boundary", step=0, total=1))
-    rows = embed_rows(reference, block)
-    chosen = boundary_select(el2n_scores(rows.logits, block.labels), block.labels, n_new, cfg.el2n_percentile)
-    new = rows.take(chosen)
-    new.stage[:] = stage
+    new, chosen = boundary_memory(reference, block, stage, n_new, cfg, device)
     timings["boundary_s"] = time.perf_counter() - t0
 
     # 2. memory fusion: keep the previous rows best aligned with the new boundary
     t0 = time.perf_counter()
     if previous is not None and n_keep:
         report(StageProgress(phase="fusion", step=0, total=1))
+        previous = previous.to(device)
         if cfg.reanchor:
-            previous = reanchor(previous, reference_prev, reference)
-        weights = fusion_weights(Influence(reference.dense.eval(), cfg.influence_params), previous, new.emb, block.labels[chosen], cfg.temperature)
+            previous = reanchor(previous, module_on(reference_prev, device), reference)
+        influence = Influence(reference.dense.eval(), cfg.influence_params, cfg.score_batch)
+        weights = fusion_weights(influence, previous, new.emb, block.labels[chosen].to(device), cfg.temperature)
         syn = fuse(previous, weights, n_keep, new)
     else:
         syn = new
@@ -107,12 +147,13 @@ def distill_in_memory(
 
     # 3. bi-level optimisation against a pool of the block's real rows (embedded with φ_t)
     t0 = time.perf_counter()
-    pool = torch.randperm(len(block), generator=gen)[: cfg.target_pool_rows]
+    pool_emb, pool_labels = target_pool(reference, block, stage, cfg, device)
 
     def on_iter(i: int, loss: float) -> None:
         report(StageProgress(phase="optimise", step=i + 1, total=cfg.outer_iters, losses={"outer": loss}))
 
-    syn, log = optimise_memory(syn, reference_prev.dense, rows.emb[pool], block.labels[pool], cfg, on_iter, checkpoint)
+    dense_prev = module_on(reference_prev.dense, device)
+    syn, log = optimise_memory(syn, dense_prev, pool_emb, pool_labels, cfg, on_iter, checkpoint)
     timings["optimise_s"] = time.perf_counter() - t0
 
     metrics = {
@@ -194,7 +235,7 @@ def distill_stage(
     reference_s = time.perf_counter() - t0
 
     history_rows = seen + len(block)
-    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report, checkpoint)
+    syn, metrics = distill_in_memory(block, stage, ref_prev, ref, history, history_rows, config, report, device, checkpoint)
     metrics["timings"] = {"reference_s": reference_s, **metrics["timings"], "total_s": time.perf_counter() - started}
     if checkpoint is not None and checkpoint.resumed:
         metrics["resumed"] = dict(checkpoint.resumed)  # what an earlier attempt had done: {"reference", "loop"}

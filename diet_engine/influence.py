@@ -40,12 +40,14 @@ def row_losses(dense: nn.Module, params: Params, emb: Tensor, targets: Tensor) -
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(-1)
 
 
-def summed_gradient(dense: nn.Module, params: Params, fixed: Params, emb: Tensor, targets: Tensor) -> Params:
-    """v = Σ_rows g(row): one backward pass of the summed loss (in chunks, added up)."""
+def summed_gradient(
+    dense: nn.Module, params: Params, fixed: Params, emb: Tensor, targets: Tensor, batch: int = SCORE_BATCH
+) -> Params:
+    """v = Σ_rows g(row): one backward pass of the summed loss (in chunks of `batch` rows, added up)."""
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for start in range(0, emb.shape[0], SCORE_BATCH):
-        e, t = emb[start : start + SCORE_BATCH], targets[start : start + SCORE_BATCH]
+    for start in range(0, emb.shape[0], batch):
+        e, t = emb[start : start + batch], targets[start : start + batch]
         loss = row_losses(dense, {**fixed, **leaves}, e, t).sum()
         grads = torch.autograd.grad(loss, list(leaves.values()))
         for k, g in zip(leaves, grads):
@@ -53,32 +55,36 @@ def summed_gradient(dense: nn.Module, params: Params, fixed: Params, emb: Tensor
     return total
 
 
-def alignment_scores(dense: nn.Module, params: Params, fixed: Params, emb: Tensor, targets: Tensor, direction: Params) -> Tensor:
-    """g(row) · direction for every row, by forward-mode JVP in batches."""
+def alignment_scores(
+    dense: nn.Module, params: Params, fixed: Params, emb: Tensor, targets: Tensor, direction: Params,
+    batch: int = SCORE_BATCH,
+) -> Tensor:
+    """g(row) · direction for every row, by forward-mode JVP in batches of `batch` rows."""
     names = list(params)
     primals = tuple(params[k] for k in names)
     tangents = tuple(direction[k] for k in names)
     out = []
-    for start in range(0, emb.shape[0], SCORE_BATCH):
-        e, t = emb[start : start + SCORE_BATCH], targets[start : start + SCORE_BATCH]
+    for start in range(0, emb.shape[0], batch):
+        e, t = emb[start : start + batch], targets[start : start + batch]
 
         def loss_of(*p: Tensor, e: Tensor = e, t: Tensor = t) -> Tensor:
             return row_losses(dense, {**fixed, **dict(zip(names, p))}, e, t)
 
         _, tangent_out = jvp(loss_of, primals, tangents)
         out.append(tangent_out.detach())
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0, device=emb.device)
 
 
 class Influence:
     """Scores against one model state: `scores(rows, against=other_rows)` = g(row) · Σ g(other)."""
 
-    def __init__(self, dense: nn.Module, which: str = "dense") -> None:
+    def __init__(self, dense: nn.Module, which: str = "dense", batch: int = SCORE_BATCH) -> None:
         self.dense = dense
         self.params, self.fixed = influence_params(dense, which)
+        self.batch = batch  # rows per chunk: larger on a GPU, fewer kernel launches
 
     def direction(self, emb: Tensor, targets: Tensor) -> Params:
-        return summed_gradient(self.dense, self.params, self.fixed, emb, targets)
+        return summed_gradient(self.dense, self.params, self.fixed, emb, targets, self.batch)
 
     def scores(self, emb: Tensor, targets: Tensor, direction: Params) -> Tensor:
-        return alignment_scores(self.dense, self.params, self.fixed, emb, targets, direction)
+        return alignment_scores(self.dense, self.params, self.fixed, emb, targets, direction, self.batch)

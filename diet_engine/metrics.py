@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from pydantic import BaseModel
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -28,3 +29,24 @@ def task_metrics(labels: np.ndarray, probs: np.ndarray, tasks: list[str]) -> Tas
         auc[name] = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else 0.5
         ll[name] = float(log_loss(y, p, labels=[0, 1]))
     return TaskMetrics(auc=auc, logloss=ll)
+
+
+def roc_auc_torch(labels: torch.Tensor, scores: torch.Tensor) -> float:
+    """ROC AUC of one task where the tensors are (a GPU: no host copy): Mann-Whitney U with tied scores
+    sharing their mean rank, which is what sklearn's roc_auc_score computes. 0.5 with one class only."""
+    y = labels.double()
+    n_pos = float(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    sorted_scores, order = torch.sort(scores.double())
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = (ends - (counts.double() - 1) / 2)[inverse]  # 1-based, ties averaged
+    rank_sum = float((mean_rank * y[order]).sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def mean_auc_torch(labels: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over tasks of roc_auc_torch; [N, T] each."""
+    return float(np.mean([roc_auc_torch(labels[:, j], logits[:, j]) for j in range(labels.shape[1])]))

@@ -38,7 +38,10 @@ def continue_reference(
     model = copy.deepcopy(previous).to(device)
     opt = make_optimizer(model, cfg.train)
     if cfg.keep_optimizer and previous.optimizer_state:
-        load_optimizer_tensors(opt, {k: v.to(device) for k, v in previous.optimizer_state.items()})
-    train_real_epoch(model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, on_step)
+        # a copy: the checkpoint's own moments must not move when a second model continues from it
+        load_optimizer_tensors(opt, {k: v.to(device, copy=True) for k, v in previous.optimizer_state.items()})
+    train_real_epoch(
+        model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, on_step, cfg.train.precision
+    )
     model.optimizer_state = optimizer_tensors(opt) if cfg.keep_optimizer else {}
     return model.eval()

@@ -48,6 +48,7 @@ class SyntheticSet:
     def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None) -> Iterator["SyntheticSet"]:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.emb.device)  # rows on a GPU are gathered there
         for start in range(0, n, batch_size):
             yield self.take(order[start : start + batch_size])
 

@@ -1,0 +1,167 @@
+"""The bi-level meta-gradient of bilevel.py replayed from CUDA graphs (`DistillConfig.cuda_graph`).
+
+Eagerly, one outer iteration is thousands of small kernels (20 inner steps of a
+few hundred rows, each a forward, a backward and, in the window, a double
+backward), each launched from Python: the GPU waits on the host. Every shape in
+it is fixed once the active memory and the hard targets are, so it is
+captured once and replayed:
+
+* graph A: one plain SGD step (no graph kept), reading its batch from a static
+  index buffer, updating static parameters in place; replayed `total - window`
+  times for the random truncation (RaT-BPTT);
+* graph B: the `window` differentiable steps, the outer loss on the hard
+  targets and its gradient w.r.t. the active rows' embeddings and logits;
+* the addressing round (influence scores by JVP over the whole synthetic set
+  and the target pool, top-k): the synthetic set is updated in place, so the
+  same tensors are read at every round.
+
+The random draws (unroll length, batch order, outer batch) are made on the
+host from the same generator and in the same order as `bilevel.inner_unroll`,
+so a run sees the same batches as the eager loop; values agree with it up to
+float rounding. A capture that fails (an op that cannot be captured, too little
+memory) warns once and the caller falls back to the eager loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from diet_engine.config import DistillConfig
+from diet_engine.influence import Params
+from diet_engine.training import bce, soft_targets
+
+
+class GraphedMetaGradient:
+    """(outer loss, d outer / d emb_A, d outer / d logits_A) for fixed |A| and outer-batch size."""
+
+    def __init__(
+        self, dense: nn.Module, start: Params, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig,
+        n_active: int, n_pick: int, row_shape: tuple[int, ...], num_tasks: int,
+    ) -> None:
+        device = pool_emb.device
+        self.dense, self.start, self.cfg = dense, start, cfg
+        self.pool_emb, self.pool_labels = pool_emb, pool_labels
+        self.window = min(cfg.window, cfg.inner_steps)
+        self.n_active = n_active
+        # static inputs: every replay reads these addresses
+        self.params = {k: v.detach().clone() for k, v in start.items()}
+        self.emb = torch.zeros((n_active, *row_shape), device=device, requires_grad=True)
+        self.logits = torch.zeros((n_active, num_tasks), device=device, requires_grad=True)
+        self.step_idx = torch.zeros(cfg.inner_batch, dtype=torch.long, device=device)
+        self.window_idx = torch.zeros(self.window, cfg.inner_batch, dtype=torch.long, device=device)
+        self.pick = torch.zeros(n_pick, dtype=torch.long, device=device)
+        self.plain, _ = _capture(self._plain_step)
+        self.meta, self.outputs = _capture(self._window_and_outer)
+
+    def _plain_step(self) -> None:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+        e, z = self.emb.detach()[self.step_idx], self.logits.detach()[self.step_idx]  # no gradient: plain gathers
+        loss = bce(functional_call(self.dense, leaves, (e,)), soft_targets(z, self.cfg.temperature))
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        with torch.no_grad():
+            for v, g in zip(self.params.values(), grads):
+                v.sub_(self.cfg.inner_lr * g)
+
+    def _window_and_outer(self) -> tuple[Tensor, Tensor, Tensor]:
+        params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
+        for step in range(self.window):
+            # index_select, not [idx]: its backward is an atomic index_add (capturable), not a sort-based index_put
+            idx = self.window_idx[step]
+            e, z = self.emb.index_select(0, idx), self.logits.index_select(0, idx)
+            loss = bce(functional_call(self.dense, params, (e,)), soft_targets(z, self.cfg.temperature))
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {k: v - self.cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
+        outer = bce(functional_call(self.dense, params, (self.pool_emb[self.pick],)), self.pool_labels[self.pick])
+        g_emb, g_logit = torch.autograd.grad(outer, [self.emb, self.logits])
+        return outer, g_emb, g_logit
+
+    def __call__(self, emb_a: Tensor, logit_a: Tensor, hard: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        cfg, device = self.cfg, self.emb.device
+        # the draws of inner_unroll, then optimise_memory's outer batch, in that order
+        total = int(torch.randint(min(cfg.window, cfg.inner_steps), cfg.inner_steps + 1, (1,), generator=gen))
+        order = torch.randperm(self.n_active, generator=gen).to(device)
+        steps = torch.arange(total, device=device).unsqueeze(1) * cfg.inner_batch
+        batches = order[(torch.arange(cfg.inner_batch, device=device) + steps) % self.n_active]  # [total, B]
+        pick = hard[torch.randperm(len(hard), generator=gen)[: cfg.outer_batch].to(hard.device)]
+        prefix = total - self.window
+        with torch.no_grad():
+            self.emb.copy_(emb_a)
+            self.logits.copy_(logit_a)
+            for k, v in self.params.items():
+                v.copy_(self.start[k])
+            self.pick.copy_(pick)
+            self.window_idx.copy_(batches[prefix:])
+        for step in range(prefix):
+            self.step_idx.copy_(batches[step])
+            self.plain.replay()
+        self.meta.replay()
+        return self.outputs
+
+
+def _capture(fn):
+    """Warm `fn` up on a side stream (lazy inits stay out of the graph), then capture it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+T = TypeVar("T")
+
+
+class MetaGradientGraphs:
+    """One captured meta-gradient per (|A|, outer batch) and one addressing round; a failed capture warns and
+    that part runs eagerly from then on."""
+
+    def __init__(self, dense: nn.Module, start: Params, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig) -> None:
+        self.args = (dense, start, pool_emb, pool_labels, cfg)
+        self.graphs: dict[tuple[int, int], GraphedMetaGradient] = {}
+        self.failed = False
+        self.address_graph: torch.cuda.CUDAGraph | None = None
+        self.address_out = None
+        self.address_failed = False
+
+    def address(self, round_: Callable[[], T]) -> T:
+        """`round_()`, captured at the first call (every later call replays that capture: same tensors, new values)."""
+        if self.address_failed:
+            return round_()
+        if self.address_graph is None:
+            try:
+                self.address_graph, self.address_out = _capture(round_)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+                warnings.warn(f"CUDA graph capture of addressing failed, running eagerly: {exc}", stacklevel=2)
+                self.address_failed = True
+                torch.cuda.synchronize()
+                return round_()
+        self.address_graph.replay()  # a capture records without running: the first answer comes from a replay too
+        return self.address_out
+
+    @staticmethod
+    def wanted(cfg: DistillConfig, pool_emb: Tensor) -> bool:
+        return cfg.cuda_graph and pool_emb.is_cuda
+
+    def get(self, n_active: int, n_pick: int, row_shape: tuple[int, ...], num_tasks: int) -> GraphedMetaGradient | None:
+        if self.failed:
+            return None
+        key = (n_active, n_pick)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = GraphedMetaGradient(*self.args, n_active, n_pick, row_shape, num_tasks)
+            except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+                warnings.warn(f"CUDA graph capture of the meta-gradient failed, running eagerly: {exc}", stacklevel=2)
+                self.failed = True
+                torch.cuda.synchronize()
+                return None
+        return self.graphs[key]
