@@ -1,6 +1,6 @@
 """Run several `diet bench` configurations × seeds as parallel processes and compare them.
 
-    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3]
+    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0]
 
 SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`.
 Each (name, seed) runs as its own single-threaded process; results are merged per
@@ -66,11 +66,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds-1 (fresh seeds check a choice out of sample)")
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
     models = args.models.split(",")
-    jobs = [(n, s, seed) for n, s in specs.items() for seed in range(args.seeds)]
+    jobs = [(n, s, seed) for n, s in specs.items() for seed in range(args.first_seed, args.first_seed + args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
         done = list(pool.map(lambda j: run_one(j[0], j[1], j[2], args.data, args.out, args.models), jobs))
     merged, failures = {}, []

@@ -35,12 +35,14 @@ from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import evaluate
 
 DATA_METHODS = ("full", "cold", "warmup")
-# the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off
+# the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off,
+# and `diet_ms` with the paper's top-responsibility active memory on (the default has it off)
 DIET_VARIANTS: dict[str, dict[str, bool]] = {
     "diet": {},
     "diet_no_mf": {"memory_fusion": False},
     "diet_no_ts": {"target_selection": False},
     "diet_no_ms": {"memory_selection": False},
+    "diet_ms": {"memory_selection": True},
     "diet_none": {"memory_fusion": False, "target_selection": False, "memory_selection": False},
 }
 ALL_METHODS = (*DATA_METHODS, *SELECTION_METHODS, *DIET_VARIANTS)

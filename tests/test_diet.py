@@ -156,7 +156,7 @@ def test_memory_budget_keeps_the_ratio_of_history():
 def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
     schema, root = tiny_stream
     ref = ReferenceConfig(arch=SMALL)
-    cfg = DistillConfig(ratio=0.05, outer_iters=3, inner_steps=3, window=2, inner_batch=8, target_pool_rows=200)
+    cfg = DistillConfig(ratio=0.05, outer_iters=3, inner_steps=3, window=2, inner_batch=8, target_pool_rows=200, memory_keep=0.75)
     seen = []
     one = distill_stage(schema, root / "h1.parquet", 1, tmp_path / "v1", previous=None, reference=ref, config=cfg, progress=seen.append)
     two = distill_stage(schema, root / "h2.parquet", 2, tmp_path / "v2", previous=tmp_path / "v1", reference=ref, config=cfg)
