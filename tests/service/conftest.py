@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 from service_support import (
     BOOTSTRAP_TOKEN,
     PG_ADMIN_URL,
@@ -112,3 +113,25 @@ def redis_prefix() -> Iterator[str]:
     if keys:
         r.delete(*keys)
     r.close()
+
+
+def _row_counts(service) -> dict[str, int]:
+    engine = create_engine(service.settings.database_url)
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("blocks", "jobs")}
+    engine.dispose()
+    return counts
+
+
+def _blob_files(service) -> list[str]:
+    root = service.settings.data_dir / "blobs"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def nothing_written(service):
+    """Asserts that the test added no block or job row and no blob."""
+    rows, blobs = _row_counts(service), _blob_files(service)
+    yield
+    assert _row_counts(service) == rows
+    assert _blob_files(service) == blobs

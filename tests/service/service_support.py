@@ -166,6 +166,16 @@ def api_process(name: str, env: dict[str, str], log_dir: Path, port: int) -> Pro
     return Process(name, command, env, log_dir)
 
 
+def start_api(env: dict[str, str], log_dir: Path, processes: list[Process], name: str = "api") -> tuple[Process, str]:
+    """A deployed API on a free port, registered for clean-up and answering /healthz: (process, base URL)."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    api = api_process(name, env, log_dir, port)
+    processes.append(api)
+    api.wait_healthy(base_url)
+    return api, base_url
+
+
 def worker_process(name: str, env: dict[str, str], log_dir: Path) -> Process:
     """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers."""
     command = [

@@ -20,10 +20,10 @@ from service_support import (
     PARQUET,
     REDIS_URL,
     Process,
-    api_process,
     client,
     deployed_env,
     free_port,
+    start_api,
     worker_process,
 )
 
@@ -169,12 +169,9 @@ def test_deployed_service(tmp_path, processes, postgres_url, redis_prefix, ml100
     """uvicorn + a Celery worker process, with Postgres, Redis and a storage root, as docker-compose runs them."""
     env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix)
     migrate.upgrade(postgres_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
+    api, base_url = start_api(env, tmp_path, processes)
     worker = worker_process("worker", env, tmp_path)
-    processes.extend([api, worker])
-    api.wait_healthy(base_url)
+    processes.append(worker)
 
     def logs() -> str:
         return f"--- api\n{api.logs()}\n--- worker\n{worker.logs()}"

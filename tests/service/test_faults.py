@@ -32,6 +32,7 @@ from service_support import (
     deployed_env,
     expect_problem,
     free_port,
+    start_api,
     worker_process,
 )
 from test_e2e import LIGHT_REFERENCE
@@ -122,12 +123,9 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_job_resumes_to_the_same_b
     scratch.mkdir()
     env["TMPDIR"] = str(scratch)
     migrate.upgrade(postgres_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
+    api, base_url = start_api(env, tmp_path, processes)
     first = worker_process("worker-1", env, tmp_path)
-    processes.extend([api, first])
-    api.wait_healthy(base_url)
+    processes.append(first)
     second: Process | None = None
 
     def logs() -> str:
@@ -311,12 +309,9 @@ def test_jobs_queued_in_a_redis_that_restarts_empty_are_all_run_once(
     prefix = "diet-faults:"
     env = deployed_env(tmp_path, postgres_url, own_redis.url, prefix, worker_threads=1, reconcile_s=1)
     migrate.upgrade(postgres_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
+    api, base_url = start_api(env, tmp_path, processes)
     worker = worker_process("worker", env, tmp_path)
-    processes.extend([api, worker])
-    api.wait_healthy(base_url)
+    processes.append(worker)
 
     def logs() -> str:
         return f"--- api\n{api.logs(6000)}\n--- worker\n{worker.logs(6000)}"

@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from service_support import PARQUET, expect_problem
-from test_streams_and_blocks import _blob_files, _row_counts
 
 from service.pages import MAX_STAGE
 from service.parquet_guard import DecodeLimits, check_decoded_size
@@ -59,14 +58,6 @@ def tiny(admin) -> str:
     name = f"t_{secrets.token_hex(4)}"
     assert admin.post("/streams", json={"name": name, "schema": TINY_SCHEMA}).status_code == 201
     return name
-
-
-@pytest.fixture
-def nothing_written(service):
-    rows, blobs = _row_counts(service), _blob_files(service)
-    yield
-    assert _row_counts(service) == rows
-    assert _blob_files(service) == blobs
 
 
 def _upload(client: httpx.Client, stream: str, data: bytes, **params) -> httpx.Response:

@@ -9,7 +9,6 @@ import secrets
 import pyarrow.parquet as pq
 import pytest
 from service_support import PARQUET, expect_problem
-from sqlalchemy import create_engine, text
 
 from diet_engine.config import DistillConfig
 
@@ -21,28 +20,6 @@ def stream(admin, ml100k_schema) -> str:
     response = admin.post("/streams", json={"name": name, "schema": ml100k_schema})
     assert response.status_code == 201, response.text
     return name
-
-
-def _row_counts(service) -> dict[str, int]:
-    engine = create_engine(service.settings.database_url)
-    with engine.connect() as conn:
-        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("blocks", "jobs")}
-    engine.dispose()
-    return counts
-
-
-def _blob_files(service) -> list[str]:
-    root = service.settings.data_dir / "blobs"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-@pytest.fixture
-def nothing_written(service):
-    """Asserts that the test added no block or job row and no blob."""
-    rows, blobs = _row_counts(service), _blob_files(service)
-    yield
-    assert _row_counts(service) == rows
-    assert _blob_files(service) == blobs
 
 
 # --------------------------------------------------------------------------- streams
