@@ -178,3 +178,35 @@ def test_two_references_continued_from_one_checkpoint_start_from_the_same_moment
     assert all(torch.equal(before[k], first.optimizer_state[k]) for k in before)
     b = continue_reference(first, block, cfg, 2)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
+    """The Triton path (run by Triton's interpreter on the CPU) against SparseAdam: repeated rows, untouched rows."""
+    pytest.importorskip("triton")
+    from diet_engine import rowwise_adam
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rowwise_adam._update_kernel.cache_clear()
+    try:
+        torch.manual_seed(0)
+        a = torch.nn.Embedding(300, 5, sparse=True)  # an odd width: masked columns
+        b = torch.nn.Embedding(300, 5, sparse=True)
+        b.load_state_dict(a.state_dict())
+        opt_a = torch.optim.SparseAdam(a.parameters(), lr=0.05)
+        opt_b = rowwise_adam.SyncFreeSparseAdam(b.parameters(), lr=0.05, fused=True)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            idx = torch.randint(0, 100, (700,), generator=g)  # rows 100.. never touched, many repeats
+            w = torch.randn(700, 5, generator=g)
+            for emb, opt in ((a, opt_a), (b, opt_b)):
+                opt.zero_grad()
+                (emb(idx) * w).sum().backward()
+                opt.step()
+        assert torch.allclose(a.weight, b.weight, atol=1e-6)
+        assert torch.equal(a.weight[100:], b.weight[100:])
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(opt_a.state[a.weight][name], opt_b.state[b.weight][name], atol=1e-7)
+        assert "owner" not in str(rowwise_adam.SyncFreeSparseAdam.state_dict(opt_b)["state"][0].keys())
+    finally:
+        rowwise_adam._update_kernel.cache_clear()
+
