@@ -210,3 +210,44 @@ def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
     finally:
         rowwise_adam._update_kernel.cache_clear()
 
+
+def test_graphed_soft_epochs_make_the_eager_epochs_updates(monkeypatch):
+    """train_soft_epoch with its steps 'replayed' (captured steps rerun eagerly) draws the same batches and
+    ends at the same weights as the eager loop; the first step of a batch size runs eagerly, later ones replay."""
+    from diet_engine import training
+
+    class Replayed:
+        def __init__(self, fn, warmup):
+            self.fn = fn
+            warmup()  # as a real capture: the warm-up runs, the captured function only at replay
+            self.replays = 0
+
+        def replay(self):
+            self.replays += 1
+            self.fn()
+
+    def fake_capture(fn, warmup=None):
+        graph = Replayed(fn, warmup or fn)
+        graphs.append(graph)
+        return graph, None
+
+    torch.manual_seed(0)
+    eager = build_model("dcn", tiny_schema(), SMALL)
+    graphed = build_model("dcn", tiny_schema(), SMALL)
+    graphed.load_state_dict(eager.state_dict())
+    g = torch.Generator().manual_seed(4)
+    syn = SyntheticSet(torch.randn(70, 4, 4, generator=g), torch.randn(70, 2, generator=g), torch.ones(70, dtype=torch.long))
+    opt_e = training.Optimizers(torch.optim.Adam(eager.dense.parameters(), lr=0.01))
+    opt_g = training.Optimizers(torch.optim.Adam(graphed.dense.parameters(), lr=0.01))
+    graphs: list = []
+    losses = []
+    for model, opt, wanted in ((eager, opt_e, False), (graphed, opt_g, True)):
+        monkeypatch.setattr(training, "graphs_wanted", lambda opt, emb, wanted=wanted: wanted)
+        monkeypatch.setattr(training, "capture_graph", fake_capture)
+        gen = torch.Generator().manual_seed(7)
+        losses.append([training.train_soft_epoch(model, syn, opt, 16, gen, temperature=2.0) for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for k, v in eager.state_dict().items():
+        assert torch.allclose(v, graphed.state_dict()[k], atol=1e-6), k
+    assert [len(opt_e.graphs), len(opt_g.graphs)] == [0, 2]  # batches of 16 and the last one of 6
+    assert opt_g.steps == 1 + sum(gr.replays for gr in graphs) and sum(gr.replays for gr in graphs) == 3 * 5 - 1
