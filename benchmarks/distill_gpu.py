@@ -301,6 +301,7 @@ def configs(args) -> tuple[ReferenceConfig, DistillConfig, CandidateConfig]:
         ratio=args.ratio, outer_iters=args.outer_iters, inner_steps=args.inner_steps, window=args.window,
         inner_batch=args.inner_batch, outer_batch=args.outer_batch, target_pool_rows=args.pool_rows,
         score_batch=args.score_batch, cuda_graph=args.cuda_graph,
+        **({} if args.memory_selection is None else {"memory_selection": args.memory_selection}),
     )
     # the paper trains full data and distilled data with the same batch size (appendix A.3)
     cand = CandidateConfig(arch=arch, train=TrainConfig(batch_size=args.cand_batch), distilled_batch=args.cand_batch,
@@ -638,6 +639,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-rows", type=int, default=65_536)
     p.add_argument("--score-batch", type=int, default=16_384)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--memory-selection", action=argparse.BooleanOptionalAction, default=None,
+                   help="active memory |A| = window x inner steps (the paper) instead of every row (default: the engine's)")
     p.add_argument("--cand-batch", type=int, default=4096)
     p.add_argument("--distilled-epochs", type=int, default=8, help="candidate epochs on the distilled set (the paper: up to 8)")
     p.add_argument("--models", default=",".join(MODELS))

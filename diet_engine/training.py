@@ -182,24 +182,27 @@ def train_soft_epoch(
     host. Same batches (the same draw from `gen`), same kernels, same updates.
     """
     model.train()
-    emb, logits = syn.emb.to(device), syn.logits.to(device)
+    # the rows are data here: no gradient flows back into the set (and no autograd node of it outlives a step,
+    # which would tie the captured backward to the stream it was made on)
+    emb, logits = syn.emb.detach().to(device), syn.logits.detach().to(device)
     order = torch.randperm(len(syn), generator=gen).to(device)  # SyntheticSet.batches' draw: same batches
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
     for start in range(0, len(syn), batch_size):
         idx = order[start : start + batch_size]
         step = _soft_step_graph(model, opt, emb, logits, len(idx), temperature)
         loss = step(idx) if step is not None else soft_step(model, opt, emb, logits, idx, temperature)
-        total.add_(loss.detach(), alpha=len(idx))
+        total.add_(loss, alpha=len(idx))
     return float(total) / max(len(syn), 1)
 
 
 def soft_step(model: CTRModel, opt: Optimizers, emb: Tensor, logits: Tensor, idx: Tensor, temperature: float) -> Tensor:
-    """One optimiser step of the dense part on rows `idx` of (emb, logits); the loss."""
+    """One optimiser step of the dense part on rows `idx` of (emb, logits); the loss, detached (the step's autograd
+    graph dies here)."""
     loss = bce(model.dense(emb.index_select(0, idx)), soft_targets(logits.index_select(0, idx), temperature))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss
+    return loss.detach()
 
 
 def graphs_wanted(opt: Optimizers, emb: Tensor) -> bool:
@@ -236,7 +239,7 @@ class GraphedSoftStep:
             opt.zero_grad(set_to_none=True)
 
         def step() -> None:
-            self.loss.copy_(soft_step(model, opt, emb, logits, self.idx, temperature).detach())
+            self.loss.copy_(soft_step(model, opt, emb, logits, self.idx, temperature))
 
         self.graph, _ = capture_graph(step, warmup)
 
