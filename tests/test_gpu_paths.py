@@ -112,26 +112,33 @@ def test_same_device_and_blocks_moved_once():
     assert [len(b) for b in block.to("cpu").batches(3)] == [3, 1]
 
 
-def test_sync_free_sparse_adam_makes_sparse_adams_updates():
-    """Same lazy Adam as torch's SparseAdam (rows repeated within a batch, rows never touched) over several steps."""
-    from diet_engine.rowwise_adam import SyncFreeSparseAdam
-
+def _beside_sparse_adam(make, rows: int, width: int, touched: int, batch: int, steps: int):
+    """Two equal tables, one stepped by torch's SparseAdam and one by `make(params)`, on the same sparse gradients
+    (rows touched..rows-1 never touched, many repeats): (table a, its optimiser, table b, its optimiser)."""
     torch.manual_seed(0)
-    a = torch.nn.Embedding(50, 6, sparse=True)
-    b = torch.nn.Embedding(50, 6, sparse=True)
+    a = torch.nn.Embedding(rows, width, sparse=True)
+    b = torch.nn.Embedding(rows, width, sparse=True)
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = torch.optim.SparseAdam(a.parameters(), lr=0.05), SyncFreeSparseAdam(b.parameters(), lr=0.05)
+    opt_a, opt_b = torch.optim.SparseAdam(a.parameters(), lr=0.05), make(b.parameters())
     g = torch.Generator().manual_seed(1)
-    for _ in range(6):
-        idx = torch.randint(0, 20, (64,), generator=g)  # rows 20..49 never touched, many repeats
-        w = torch.randn(64, 6, generator=g)
+    for _ in range(steps):
+        idx = torch.randint(0, touched, (batch,), generator=g)
+        w = torch.randn(batch, width, generator=g)
         for emb, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
             (emb(idx) * w).sum().backward()
             opt.step()
-    assert torch.allclose(a.weight, b.weight, atol=1e-6)
-    assert not torch.equal(a.weight[:20], b.weight.new_zeros(20, 6))
-    untouched = opt_b.state[b.weight]["exp_avg"][20:]
+    return a.weight, opt_a, b.weight, opt_b
+
+
+def test_sync_free_sparse_adam_makes_sparse_adams_updates():
+    """Same lazy Adam as torch's SparseAdam (rows repeated within a batch, rows never touched) over several steps."""
+    from diet_engine.rowwise_adam import SyncFreeSparseAdam
+
+    a, _, b, opt_b = _beside_sparse_adam(lambda p: SyncFreeSparseAdam(p, lr=0.05, fused=False), 50, 6, 20, 64, 6)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(a[:20], b.new_zeros(20, 6))
+    untouched = opt_b.state[b]["exp_avg"][20:]
     assert torch.equal(untouched, torch.zeros_like(untouched))
 
 
@@ -188,25 +195,13 @@ def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     rowwise_adam._update_kernel.cache_clear()
     try:
-        torch.manual_seed(0)
-        a = torch.nn.Embedding(300, 5, sparse=True)  # an odd width: masked columns
-        b = torch.nn.Embedding(300, 5, sparse=True)
-        b.load_state_dict(a.state_dict())
-        opt_a = torch.optim.SparseAdam(a.parameters(), lr=0.05)
-        opt_b = rowwise_adam.SyncFreeSparseAdam(b.parameters(), lr=0.05, fused=True)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(5):
-            idx = torch.randint(0, 100, (700,), generator=g)  # rows 100.. never touched, many repeats
-            w = torch.randn(700, 5, generator=g)
-            for emb, opt in ((a, opt_a), (b, opt_b)):
-                opt.zero_grad()
-                (emb(idx) * w).sum().backward()
-                opt.step()
-        assert torch.allclose(a.weight, b.weight, atol=1e-6)
-        assert torch.equal(a.weight[100:], b.weight[100:])
+        make = lambda p: rowwise_adam.SyncFreeSparseAdam(p, lr=0.05, fused=True)  # noqa: E731
+        a, opt_a, b, opt_b = _beside_sparse_adam(make, 300, 5, 100, 700, 5)  # an odd width: masked columns
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.equal(a[100:], b[100:])
         for name in ("exp_avg", "exp_avg_sq"):
-            assert torch.allclose(opt_a.state[a.weight][name], opt_b.state[b.weight][name], atol=1e-7)
-        assert "owner" not in str(rowwise_adam.SyncFreeSparseAdam.state_dict(opt_b)["state"][0].keys())
+            assert torch.allclose(opt_a.state[a][name], opt_b.state[b][name], atol=1e-7)
+        assert set(opt_b.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}  # the scratch is not state
     finally:
         rowwise_adam._update_kernel.cache_clear()
 
