@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
         return False
 
     # candidate iteration: full history vs the distilled set, each model of the zoo
-    if not over_budget("candidates"):
+    if models and not over_budget("candidates"):
         result["candidates"] = candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, device, phases)
         c = result["candidates"].values()
         result["ratios"] = {k: statistics.fmean(x[k] for x in c) for k in ("ratio_history", "ratio_per_epoch", "ratio_end_to_end")}
