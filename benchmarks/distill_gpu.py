@@ -27,6 +27,7 @@ import json
 import math
 import platform
 import resource
+import os
 import statistics
 import sys
 import time
@@ -52,7 +53,10 @@ from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
 from diet_engine.reference import continue_reference, new_reference  # noqa: E402
 from diet_engine.schema import CategoricalField, StreamSchema  # noqa: E402
 from diet_engine.synthetic import SyntheticSet  # noqa: E402
-from diet_engine.training import bce, make_optimizer, predict_logits  # noqa: E402
+from diet_engine import rowwise_adam  # noqa: E402
+from diet_engine.training import (  # noqa: E402
+    bce, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, predict_logits, train_real_epoch,
+)
 
 TASKS = ["click", "like", "follow"]
 
@@ -157,7 +161,8 @@ def sync(device: str) -> None:
 # --------------------------------------------------------------------------- floors
 
 def device_info(device: str) -> dict:
-    info = {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+    info = {"device": device, "torch": torch.__version__, "python": platform.python_version(),
+            "commit": os.environ.get("DIET_COMMIT")}  # the device machine's copy has no .git: the caller names it
     if torch.device(device).type == "cuda":
         p = torch.cuda.get_device_properties(0)
         info.update(name=p.name, memory_gb=p.total_memory / 2**30, sms=p.multi_processor_count)
@@ -296,6 +301,7 @@ def configs(args) -> tuple[ReferenceConfig, DistillConfig, CandidateConfig]:
         ratio=args.ratio, outer_iters=args.outer_iters, inner_steps=args.inner_steps, window=args.window,
         inner_batch=args.inner_batch, outer_batch=args.outer_batch, target_pool_rows=args.pool_rows,
         score_batch=args.score_batch, cuda_graph=args.cuda_graph,
+        **({} if args.memory_selection is None else {"memory_selection": args.memory_selection}),
     )
     # the paper trains full data and distilled data with the same batch size (appendix A.3)
     cand = CandidateConfig(arch=arch, train=TrainConfig(batch_size=args.cand_batch), distilled_batch=args.cand_batch,
@@ -396,11 +402,19 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
         epochs = len(dist.valid_auc)
         with phases(ph, "distilled_subsequent"):
             dist_final = train_candidate(dist.model, schema, finetune=[sub], valid=valid, cfg=cand_cfg, seed=0, device=device)
+        extra: dict = {}
+        with phases(extra, "valid_pass"):  # what each distilled epoch's validation costs (candidate._valid_auc's work)
+            test_auc(dist.model, valid, device)
         full_s, dist_s = ph["full_history"]["seconds"], ph["distilled"]["seconds"]
+        batch = cand_cfg.train.batch_size
+        full_steps = sum(math.ceil(len(b) / batch) for b in hist)
+        dist_steps = epochs * math.ceil(len(syn) / cand_cfg.distilled_batch)
         out[name] = {
             "phases": ph, "distilled_epochs": epochs, "best_epoch": dist.best_epoch,
             "history_rows": sum(len(b) for b in hist), "distilled_rows": len(syn),
             "full_auc": test_auc(full.model, test, device), "distilled_auc": test_auc(dist_final.model, test, device),
+            "full_ms_per_step": 1e3 * full_s / full_steps, "valid_pass_s": extra["valid_pass"]["seconds"],
+            "distilled_ms_per_step": 1e3 * (dist_s - epochs * extra["valid_pass"]["seconds"]) / max(dist_steps, 1),
             "ratio_history": full_s / dist_s,
             "ratio_per_epoch": full_s / (dist_s / max(epochs, 1)),
             "ratio_end_to_end": (full_s + ph["full_subsequent"]["seconds"]) / (dist_s + ph["distilled_subsequent"]["seconds"]),
@@ -454,6 +468,80 @@ def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb,
     return res
 
 
+def reference_variant(spec: str, prev: CTRModel, block: TensorBlock, stage: int, ref_cfg: ReferenceConfig, test: TensorBlock,
+                      device: str, phases: Phases) -> dict:
+    """continue_reference's three steps timed apart: checkpoint t-1 and its Adam moments onto the device, the
+    epoch, the moments back to host memory. spec = batch:precision[:lr][:sorted]; precision tf32 is fp32 with
+    TF32 matrix products (this benchmark only), `sorted` the row-wise Adam's sorted path instead of the kernel."""
+    batch, precision, *rest = spec.split(":")
+    lr = next((float(x) for x in rest if x != "sorted"), ref_cfg.train.lr)
+    sorted_adam = "sorted" in rest
+    train = {"batch_size": int(batch), "precision": "fp32" if precision == "tf32" else precision, "lr": lr}
+    cfg = ref_cfg.model_copy(update={"train": ref_cfg.train.model_copy(update=train)})
+    tf32, triton = torch.backends.cuda.matmul.allow_tf32, rowwise_adam.USE_TRITON
+    torch.backends.cuda.matmul.allow_tf32, rowwise_adam.USE_TRITON = precision == "tf32", not sorted_adam
+    ph: dict = {}
+    try:
+        block = block.to(device, non_blocking=True)
+        with phases(ph, "load"):
+            model = copy.deepcopy(prev, memo={id(prev.optimizer_state): {}}).to(device)
+            opt = make_optimizer(model, cfg.train)
+            load_optimizer_tensors(opt, {k: v.to(device, copy=True) for k, v in prev.optimizer_state.items()})
+        with phases(ph, "epoch"):
+            train_real_epoch(model, block, opt, cfg.train.batch_size, generator(cfg.seed * 1000 + stage), device, None,
+                             cfg.train.precision)
+        with phases(ph, "save"):
+            optimizer_tensors(opt)
+        auc = test_auc(model.eval(), test, device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, rowwise_adam.USE_TRITON = tf32, triton
+    seconds = sum(p["seconds"] for p in ph.values())
+    return {
+        "spec": spec, "batch": int(batch), "precision": precision, "lr": lr, "rowwise_adam": "sorted" if sorted_adam else ("fused" if phases.cuda else "SparseAdam"),
+        "seconds": seconds, "rows_per_s": len(block) / seconds, "epoch_s": ph["epoch"]["seconds"],
+        "epoch_rows_per_s": len(block) / ph["epoch"]["seconds"], "load_s": ph["load"]["seconds"], "save_s": ph["save"]["seconds"],
+        "peak_gb": max(p["peak_gb"] or 0 for p in ph.values()) if phases.cuda else None, "test_auc": auc,
+    }
+
+
+def rowwise_adam_check(ref: CTRModel, block: TensorBlock, batch_size: int, device: str, steps: int = 3, timed: int = 20) -> dict:
+    """One reference batch's (row, field) occurrences on the reference's table: weights after `steps` updates of
+    each path against torch's SparseAdam, and the median time of one update (CUDA events)."""
+    table = ref.embedding.table.weight
+    rows = (block.cat[:batch_size].to(device) + ref.embedding.offsets.to(device)).flatten()
+    g = torch.Generator(device=device).manual_seed(0)
+    grads = [torch.sparse_coo_tensor(rows[None], torch.randn(len(rows), table.shape[1], device=device, generator=g) * 1e-3,
+                                     table.shape) for _ in range(steps)]
+    out = {"occurrences": len(rows), "distinct_rows": int(torch.unique(rows).numel()), "table_rows": table.shape[0]}
+
+    def run(make) -> tuple[torch.Tensor, float | None]:
+        w = torch.nn.Parameter(table.detach().to(device, copy=True))
+        opt = make([w])
+        for grad in grads:
+            w.grad = grad
+            opt.step()
+        after = w.detach().clone()
+        if make is torch.optim.SparseAdam:
+            return after, None
+        times = []
+        for _ in range(timed):
+            w.grad = grads[0]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            opt.step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        return after, statistics.median(times)
+
+    expected, _ = run(torch.optim.SparseAdam)
+    for name, fused in (("fused", True), ("sorted", False)):
+        w, t = run(lambda params, fused=fused: rowwise_adam.SyncFreeSparseAdam(params, lr=1e-3, fused=fused))
+        out[name] = {"max_abs_diff_vs_sparse_adam": float((w - expected).abs().max()), "step_s": t}
+    torch.cuda.empty_cache()
+    return out
+
+
 def bilevel_flops(syn, dense_prev, pool_emb, pool_labels, dcfg) -> float:
     """FLOPs of one outer iteration at the full unroll length (counted, eager)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -503,8 +591,17 @@ def print_table(result: dict) -> None:
     if result.get("reference_variants"):
         print("\nreference epoch variants (last block, same start):")
         for v in result["reference_variants"]:
-            print(f"  batch {v['batch']:>6} {v['precision']} lr {v['lr']:g}: {fmt(v['seconds'], ' s')} ({v['rows_per_s'] / 1e6:.2f} M rows/s), "
-                  f"peak {fmt(v['peak_gb'], ' GB', 2)}, test AUC {v['test_auc']:.4f}")
+            if "error" in v:
+                print(f"  {v['spec']}: {v['error']}")
+                continue
+            print(f"  batch {v['batch']:>6} {v['precision']} lr {v['lr']:g} adam {v['rowwise_adam']}: epoch {fmt(v['epoch_s'], ' s')} "
+                  f"({v['epoch_rows_per_s'] / 1e6:.2f} M rows/s), with load {fmt(v['load_s'], ' s')} + save {fmt(v['save_s'], ' s')}: "
+                  f"{v['rows_per_s'] / 1e6:.2f} M rows/s, peak {fmt(v['peak_gb'], ' GB', 2)}, test AUC {v['test_auc']:.4f}")
+    if result.get("rowwise_adam"):
+        r = result["rowwise_adam"]
+        print(f"\nrow-wise Adam, {r['occurrences']} occurrences / {r['distinct_rows']} rows: " + "; ".join(
+            f"{k} {fmt(r[k]['step_s'] * 1e3, ' ms', 2)} per step, max |diff| vs SparseAdam {r[k]['max_abs_diff_vs_sparse_adam']:.1e}"
+            for k in ("fused", "sorted")))
     if result.get("candidates"):
         print(f"\n{'model':<10}{'full hist s':>12}{'distilled s':>12}{'epochs':>7}{'x history':>10}{'x per ep':>9}"
               f"{'x e2e':>7}{'full AUC':>9}{'dist AUC':>9}")
@@ -542,11 +639,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-rows", type=int, default=65_536)
     p.add_argument("--score-batch", type=int, default=16_384)
     p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--memory-selection", action=argparse.BooleanOptionalAction, default=None,
+                   help="active memory |A| = window x inner steps (the paper) instead of every row (default: the engine's)")
     p.add_argument("--cand-batch", type=int, default=4096)
     p.add_argument("--distilled-epochs", type=int, default=8, help="candidate epochs on the distilled set (the paper: up to 8)")
     p.add_argument("--models", default=",".join(MODELS))
-    p.add_argument("--variants", default="4096:fp32,16384:fp32,32768:fp32,32768:bf16,32768:fp32:0.002,65536:fp32:0.002",
-                   help="reference-epoch variants batch:precision[:lr] timed on the last block with their test AUC ('' for none)")
+    p.add_argument("--variants",
+                   default="32768:fp32:sorted,32768:fp32,32768:fp32,16384:fp32,32768:tf32,32768:bf16,65536:fp32:0.002",
+                   help="reference-epoch variants batch:precision[:lr][:sorted] (precision fp32, bf16 or tf32; sorted: the "
+                        "row-wise Adam's sorted path) timed on the last block with their test AUC ('' for none)")
     p.add_argument("--eager-iters", type=int, default=15, help="outer iterations timed with cuda_graph off (0: skip)")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables into OUT/profile.txt")
     p.add_argument("--budget-s", type=float, default=420, help="skip later sections once this much wall time has passed")
@@ -627,7 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
         return False
 
     # candidate iteration: full history vs the distilled set, each model of the zoo
-    if not over_budget("candidates"):
+    if models and not over_budget("candidates"):
         result["candidates"] = candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, device, phases)
         c = result["candidates"].values()
         result["ratios"] = {k: statistics.fmean(x[k] for x in c) for k in ("ratio_history", "ratio_per_epoch", "ratio_end_to_end")}
@@ -640,24 +741,24 @@ def main(argv: list[str] | None = None) -> dict:
         result["bilevel_graph"] = time_bilevel(syn, dense_prev, pool_emb, pool_labels, dcfg, args.eager_iters, device)
         write(args.out, result)
 
-    # reference epoch: batch size and precision against test AUC, same start and block
+    # reference epoch: batch size, precision and the row-wise Adam's path against test AUC, same start and block
     result["reference_variants"] = []
     for spec in [v for v in args.variants.split(",") if v]:
         if over_budget(f"variant {spec}"):
             break
-        batch, precision, *lr = spec.split(":")
-        train = {"batch_size": int(batch), "precision": precision, "lr": float(lr[0]) if lr else ref_cfg.train.lr}
-        cfg = ref_cfg.model_copy(update={"train": ref_cfg.train.model_copy(update=train)})
-        ph: dict = {}
-        block = last_block.to(device, non_blocking=True)
-        with phases(ph, "epoch"):
-            model = continue_reference(refs_prev, block, cfg, len(hist), device)
-        result["reference_variants"].append({
-            "batch": int(batch), "precision": precision, "lr": train["lr"], "seconds": ph["epoch"]["seconds"],
-            "rows_per_s": len(block) / ph["epoch"]["seconds"], "peak_gb": ph["epoch"]["peak_gb"],
-            "test_auc": test_auc(model, test, device),
-        })
-        del model, block
+        try:
+            result["reference_variants"].append(
+                reference_variant(spec, refs_prev, last_block, len(hist), ref_cfg, test, device, phases))
+        except Exception as exc:  # noqa: BLE001 - one variant must not cost the run the others
+            result["reference_variants"].append({"spec": spec, "error": repr(exc)})
+        write(args.out, result)
+
+    # the lazy Adam's update alone, fused kernel against the sorted path, and both against torch's SparseAdam
+    if cuda and not over_budget("rowwise_adam"):
+        try:
+            result["rowwise_adam"] = rowwise_adam_check(ref, last_block, ref_cfg.train.batch_size, device)
+        except Exception as exc:  # noqa: BLE001
+            result["rowwise_adam_error"] = repr(exc)
         write(args.out, result)
 
     # floors: compute and memory traffic against what this device measured

@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from diet_engine.config import DistillConfig
 from diet_engine.influence import Params
-from diet_engine.training import bce, soft_targets
+from diet_engine.training import bce, capture_graph, soft_targets
 
 
 class GraphedMetaGradient:
@@ -106,16 +106,7 @@ class GraphedMetaGradient:
 
 def _capture(fn):
     """Warm `fn` up on a side stream (lazy inits stay out of the graph), then capture it."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
+    return capture_graph(fn)
 
 
 T = TypeVar("T")

@@ -35,7 +35,8 @@ def continue_reference(
     stored in its artifact), so a stage can run on another worker from the
     stored artifact alone and still train as one uninterrupted run would.
     """
-    model = copy.deepcopy(previous).to(device)
+    # the copy leaves the saved moments behind (host tensors twice the table's size): they are loaded below
+    model = copy.deepcopy(previous, memo={id(previous.optimizer_state): {}}).to(device)
     opt = make_optimizer(model, cfg.train)
     if cfg.keep_optimizer and previous.optimizer_state:
         # a copy: the checkpoint's own moments must not move when a second model continues from it

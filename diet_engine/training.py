@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +33,9 @@ class Optimizers:
 
     def __init__(self, *optimizers: torch.optim.Optimizer) -> None:
         self.optimizers = optimizers
+        self.steps = 0  # eager steps taken: a step is captured only once the moments exist
+        # train_soft_epoch's captured steps on a GPU, by batch shape (None: that capture failed, run eagerly)
+        self.graphs: dict[tuple, "GraphedSoftStep | None"] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:
@@ -39,15 +44,33 @@ class Optimizers:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+        self.steps += 1
+
+    @property
+    def capturable(self) -> bool:
+        """Every optimiser is the fused GPU Adam, whose step runs whole on the device (so a graph can hold it)."""
+        return all(isinstance(o, torch.optim.Adam) and o.defaults.get("fused") for o in self.optimizers)
 
 
 def optimizer_tensors(opt: Optimizers) -> dict[str, Tensor]:
-    """The moments and step counts of every optimiser, flat, as safetensors can hold them."""
-    out = {}
+    """The moments and step counts of every optimiser, flat, as safetensors can hold them: host copies.
+
+    From a GPU each tensor is copied once, into pinned memory (several times the bandwidth of a pageable
+    copy, and a later load to the GPU is as fast), with one wait for all of them.
+    """
+    out, on_gpu = {}, False
     for i, o in enumerate(opt.optimizers):
         for j, state in o.state_dict()["state"].items():
             for name, value in state.items():
-                out[f"{i}.{j}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+                value = torch.as_tensor(value).detach()
+                if value.is_cuda:
+                    on_gpu = True
+                    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                    out[f"{i}.{j}.{name}"] = host.copy_(value, non_blocking=True)
+                else:
+                    out[f"{i}.{j}.{name}"] = value.clone()
+    if on_gpu:
+        torch.cuda.synchronize()  # the copies are complete before anyone reads them
     return out
 
 
@@ -149,17 +172,96 @@ def train_soft_epoch(
     temperature: float = 1.0,
     device: str = "cpu",
 ) -> float:
-    """One pass of the dense part over synthetic embeddings with soft labels."""
+    """One pass of the dense part over synthetic embeddings with soft labels.
+
+    On a GPU with the fused Adam (`Optimizers.capturable`), each step — the
+    batch's gather, forward, backward and optimiser step — is replayed from a
+    CUDA graph captured at the first step of each batch size after the first
+    eager step: at the paper's batch of 4096 a distilled step is a few hundred
+    small kernels, and launched one by one from Python the GPU waited on the
+    host. Same batches (the same draw from `gen`), same kernels, same updates.
+    """
     model.train()
+    # the rows are data here: no gradient flows back into the set (and no autograd node of it outlives a step,
+    # which would tie the captured backward to the stream it was made on)
+    emb, logits = syn.emb.detach().to(device), syn.logits.detach().to(device)
+    order = torch.randperm(len(syn), generator=gen).to(device)  # SyntheticSet.batches' draw: same batches
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
-    for part in syn.batches(batch_size, shuffle=True, generator=gen):
-        part = part.to(device)
-        loss = bce(model.dense(part.emb), soft_targets(part.logits, temperature))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += loss.detach().double() * len(part)
+    for start in range(0, len(syn), batch_size):
+        idx = order[start : start + batch_size]
+        step = _soft_step_graph(model, opt, emb, logits, len(idx), temperature)
+        loss = step(idx) if step is not None else soft_step(model, opt, emb, logits, idx, temperature)
+        total.add_(loss, alpha=len(idx))
     return float(total) / max(len(syn), 1)
+
+
+def soft_step(model: CTRModel, opt: Optimizers, emb: Tensor, logits: Tensor, idx: Tensor, temperature: float) -> Tensor:
+    """One optimiser step of the dense part on rows `idx` of (emb, logits); the loss, detached (the step's autograd
+    graph dies here)."""
+    loss = bce(model.dense(emb.index_select(0, idx)), soft_targets(logits.index_select(0, idx), temperature))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def graphs_wanted(opt: Optimizers, emb: Tensor) -> bool:
+    return emb.is_cuda and opt.capturable
+
+
+def _soft_step_graph(model, opt, emb, logits, rows, temperature) -> "GraphedSoftStep | None":
+    if not graphs_wanted(opt, emb) or not opt.steps:
+        return None
+    key = (rows, emb.data_ptr(), logits.data_ptr(), tuple(emb.shape), tuple(logits.shape), temperature)
+    if key not in opt.graphs:
+        try:
+            opt.graphs[key] = GraphedSoftStep(model, opt, emb, logits, rows, temperature)
+        except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
+            warnings.warn(f"CUDA graph capture of the distilled training step failed, running eagerly: {exc}", stacklevel=3)
+            if emb.is_cuda:
+                torch.cuda.synchronize()
+            opt.graphs[key] = None
+    return opt.graphs[key]
+
+
+class GraphedSoftStep:
+    """`soft_step` for one batch size, captured: static row indices in, the loss out."""
+
+    def __init__(self, model: CTRModel, opt: Optimizers, emb: Tensor, logits: Tensor, rows: int, temperature: float) -> None:
+        self.idx = torch.zeros(rows, dtype=torch.long, device=emb.device)
+        self.loss = torch.zeros((), device=emb.device)
+        for o in opt.optimizers:  # the fused Adam ignores the flag; the capture checks it
+            for group in o.param_groups:
+                group["capturable"] = group["capturable"] or bool(group.get("fused"))
+
+        def warmup() -> None:  # forward and backward only: a warm-up step must not move the weights
+            bce(model.dense(emb.index_select(0, self.idx)), soft_targets(logits.index_select(0, self.idx), temperature)).backward()
+            opt.zero_grad(set_to_none=True)
+
+        def step() -> None:
+            self.loss.copy_(soft_step(model, opt, emb, logits, self.idx, temperature))
+
+        self.graph, _ = capture_graph(step, warmup)
+
+    def __call__(self, idx: Tensor) -> Tensor:
+        self.idx.copy_(idx)
+        self.graph.replay()
+        return self.loss
+
+
+def capture_graph(fn: Callable, warmup: Callable | None = None):
+    """(graph, fn's output) for `fn` captured as a CUDA graph, after `warmup` (default `fn`) ran twice on a side
+    stream so that lazy initialisation stays out of the graph. A capture records without running."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            (warmup or fn)()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 @torch.no_grad()

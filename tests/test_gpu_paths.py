@@ -112,26 +112,33 @@ def test_same_device_and_blocks_moved_once():
     assert [len(b) for b in block.to("cpu").batches(3)] == [3, 1]
 
 
-def test_sync_free_sparse_adam_makes_sparse_adams_updates():
-    """Same lazy Adam as torch's SparseAdam (rows repeated within a batch, rows never touched) over several steps."""
-    from diet_engine.rowwise_adam import SyncFreeSparseAdam
-
+def _beside_sparse_adam(make, rows: int, width: int, touched: int, batch: int, steps: int):
+    """Two equal tables, one stepped by torch's SparseAdam and one by `make(params)`, on the same sparse gradients
+    (rows touched..rows-1 never touched, many repeats): (table a, its optimiser, table b, its optimiser)."""
     torch.manual_seed(0)
-    a = torch.nn.Embedding(50, 6, sparse=True)
-    b = torch.nn.Embedding(50, 6, sparse=True)
+    a = torch.nn.Embedding(rows, width, sparse=True)
+    b = torch.nn.Embedding(rows, width, sparse=True)
     b.load_state_dict(a.state_dict())
-    opt_a, opt_b = torch.optim.SparseAdam(a.parameters(), lr=0.05), SyncFreeSparseAdam(b.parameters(), lr=0.05)
+    opt_a, opt_b = torch.optim.SparseAdam(a.parameters(), lr=0.05), make(b.parameters())
     g = torch.Generator().manual_seed(1)
-    for _ in range(6):
-        idx = torch.randint(0, 20, (64,), generator=g)  # rows 20..49 never touched, many repeats
-        w = torch.randn(64, 6, generator=g)
+    for _ in range(steps):
+        idx = torch.randint(0, touched, (batch,), generator=g)
+        w = torch.randn(batch, width, generator=g)
         for emb, opt in ((a, opt_a), (b, opt_b)):
             opt.zero_grad()
             (emb(idx) * w).sum().backward()
             opt.step()
-    assert torch.allclose(a.weight, b.weight, atol=1e-6)
-    assert not torch.equal(a.weight[:20], b.weight.new_zeros(20, 6))
-    untouched = opt_b.state[b.weight]["exp_avg"][20:]
+    return a.weight, opt_a, b.weight, opt_b
+
+
+def test_sync_free_sparse_adam_makes_sparse_adams_updates():
+    """Same lazy Adam as torch's SparseAdam (rows repeated within a batch, rows never touched) over several steps."""
+    from diet_engine.rowwise_adam import SyncFreeSparseAdam
+
+    a, _, b, opt_b = _beside_sparse_adam(lambda p: SyncFreeSparseAdam(p, lr=0.05, fused=False), 50, 6, 20, 64, 6)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.equal(a[:20], b.new_zeros(20, 6))
+    untouched = opt_b.state[b]["exp_avg"][20:]
     assert torch.equal(untouched, torch.zeros_like(untouched))
 
 
@@ -178,3 +185,64 @@ def test_two_references_continued_from_one_checkpoint_start_from_the_same_moment
     assert all(torch.equal(before[k], first.optimizer_state[k]) for k in before)
     b = continue_reference(first, block, cfg, 2)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
+    """The Triton path (run by Triton's interpreter on the CPU) against SparseAdam: repeated rows, untouched rows."""
+    pytest.importorskip("triton")
+    from diet_engine import rowwise_adam
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rowwise_adam._update_kernel.cache_clear()
+    try:
+        make = lambda p: rowwise_adam.SyncFreeSparseAdam(p, lr=0.05, fused=True)  # noqa: E731
+        a, opt_a, b, opt_b = _beside_sparse_adam(make, 300, 5, 100, 700, 5)  # an odd width: masked columns
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.equal(a[100:], b[100:])
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(opt_a.state[a][name], opt_b.state[b][name], atol=1e-7)
+        assert set(opt_b.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}  # the scratch is not state
+    finally:
+        rowwise_adam._update_kernel.cache_clear()
+
+
+def test_graphed_soft_epochs_make_the_eager_epochs_updates(monkeypatch):
+    """train_soft_epoch with its steps 'replayed' (captured steps rerun eagerly) draws the same batches and
+    ends at the same weights as the eager loop; the first step of a batch size runs eagerly, later ones replay."""
+    from diet_engine import training
+
+    class Replayed:
+        def __init__(self, fn, warmup):
+            self.fn = fn
+            warmup()  # as a real capture: the warm-up runs, the captured function only at replay
+            self.replays = 0
+
+        def replay(self):
+            self.replays += 1
+            self.fn()
+
+    def fake_capture(fn, warmup=None):
+        graph = Replayed(fn, warmup or fn)
+        graphs.append(graph)
+        return graph, None
+
+    torch.manual_seed(0)
+    eager = build_model("dcn", tiny_schema(), SMALL)
+    graphed = build_model("dcn", tiny_schema(), SMALL)
+    graphed.load_state_dict(eager.state_dict())
+    g = torch.Generator().manual_seed(4)
+    syn = SyntheticSet(torch.randn(70, 4, 4, generator=g), torch.randn(70, 2, generator=g), torch.ones(70, dtype=torch.long))
+    opt_e = training.Optimizers(torch.optim.Adam(eager.dense.parameters(), lr=0.01))
+    opt_g = training.Optimizers(torch.optim.Adam(graphed.dense.parameters(), lr=0.01))
+    graphs: list = []
+    losses = []
+    for model, opt, wanted in ((eager, opt_e, False), (graphed, opt_g, True)):
+        monkeypatch.setattr(training, "graphs_wanted", lambda opt, emb, wanted=wanted: wanted)
+        monkeypatch.setattr(training, "capture_graph", fake_capture)
+        gen = torch.Generator().manual_seed(7)
+        losses.append([training.train_soft_epoch(model, syn, opt, 16, gen, temperature=2.0) for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for k, v in eager.state_dict().items():
+        assert torch.allclose(v, graphed.state_dict()[k], atol=1e-6), k
+    assert [len(opt_e.graphs), len(opt_g.graphs)] == [0, 2]  # batches of 16 and the last one of 6
+    assert opt_g.steps == 1 + sum(gr.replays for gr in graphs) and sum(gr.replays for gr in graphs) == 3 * 5 - 1
