@@ -386,7 +386,8 @@ def time_bilevel(syn, dense_prev, pool_emb, pool_labels, dcfg, iters: int, devic
 
 
 def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, device, phases) -> dict:
-    """Per model: full history (one epoch) vs the distilled set (up to 8 epochs, best on validation), then the
+    """Per model: full history (one epoch) vs the distilled set (up to 8 epochs per learning rate tried, best
+    (rate, epoch) on validation), then the
     subsequent block for both, by candidate.train_candidate; times, peaks and test AUC."""
     emb = {k: v.detach().clone() for k, v in ref.embedding.state_dict().items()}
     out = {}
@@ -399,7 +400,7 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
         with phases(ph, "distilled"):
             dist = train_candidate(name, schema, finetune=[], valid=valid, cfg=cand_cfg, seed=0, embeddings=emb,
                                    distilled=syn, device=device)
-        epochs = len(dist.valid_auc)
+        epochs = dist.distilled_epochs_run  # every rate tried: what the distilled phase paid for
         with phases(ph, "distilled_subsequent"):
             dist_final = train_candidate(dist.model, schema, finetune=[sub], valid=valid, cfg=cand_cfg, seed=0, device=device)
         extra: dict = {}
@@ -410,7 +411,7 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
         full_steps = sum(math.ceil(len(b) / batch) for b in hist)
         dist_steps = epochs * math.ceil(len(syn) / cand_cfg.distilled_batch)
         out[name] = {
-            "phases": ph, "distilled_epochs": epochs, "best_epoch": dist.best_epoch,
+            "phases": ph, "distilled_epochs": epochs, "best_epoch": dist.best_epoch, "best_lr": dist.best_lr,
             "history_rows": sum(len(b) for b in hist), "distilled_rows": len(syn),
             "full_auc": test_auc(full.model, test, device), "distilled_auc": test_auc(dist_final.model, test, device),
             "full_ms_per_step": 1e3 * full_s / full_steps, "valid_pass_s": extra["valid_pass"]["seconds"],

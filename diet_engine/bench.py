@@ -141,7 +141,7 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
     seconds = time.perf_counter() - t0
     test = evaluate(run.model, splits.test)
     return {"auc": test.mean_auc, "logloss": test.mean_logloss, "train_seconds": seconds, "history_rows": history_rows,
-            "auc_tasks": test.auc, "best_epoch": run.best_epoch}
+            "auc_tasks": test.auc, "best_epoch": run.best_epoch, "best_lr": run.best_lr}
 
 
 def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str]) -> dict:

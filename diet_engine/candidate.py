@@ -2,9 +2,9 @@
 
 With a distilled (or selected) set, the candidate inherits the reference
 embedding tables, trains its dense part on the set's embeddings with soft
-labels for up to `distilled_epochs` epochs keeping the best epoch on
-validation, then fine-tunes the whole model for one epoch on each block of
-`finetune` (the subsequent block). Without a set it is one of the data
+labels for up to `distilled_epochs` epochs at each of a few learning rates,
+keeping the best (rate, epoch) on validation, then fine-tunes the whole model
+for one epoch on each block of `finetune` (the subsequent block). Without a set it is one of the data
 baselines: full history, cold start, or warm-up start.
 """
 
@@ -29,8 +29,10 @@ from diet_engine.training import generator, make_optimizer, predict_logits, trai
 @dataclass
 class CandidateRun:
     model: CTRModel
-    valid_auc: list[float] = field(default_factory=list)  # after each distilled epoch
+    valid_auc: list[float] = field(default_factory=list)  # after each distilled epoch at the chosen rate
     best_epoch: int | None = None
+    best_lr: float | None = None
+    distilled_epochs_run: int = 0  # over every rate tried
 
 
 def train_candidate(
@@ -66,17 +68,27 @@ def train_candidate(
 def _fit_dense_on_distilled(
     run: CandidateRun, syn: SyntheticSet, valid: TensorBlock, cfg: CandidateConfig, gen: torch.Generator, device: str
 ) -> None:
+    """Dense part on the set for each rate in `cfg.distilled_lrs`; keeps the best (rate, epoch) on validation."""
     model = run.model
-    opt = make_optimizer(model, TrainConfig(lr=cfg.distilled_lr), dense_only=True)
+    initial = copy.deepcopy(model.dense.state_dict())
+    draws = gen.get_state()  # every rate sees the same batches
     best_auc, best_state = -1.0, None
-    for epoch in range(cfg.distilled_epochs):
-        train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
-        auc = _valid_auc(model, valid, device)
-        run.valid_auc.append(auc)
-        if auc > best_auc:  # a diverged (NaN) epoch is never the best
-            best_auc, best_state, run.best_epoch = auc, copy.deepcopy(model.dense.state_dict()), epoch
-    if best_state is not None:
-        model.dense.load_state_dict(best_state)
+    for lr in cfg.distilled_lrs:
+        model.dense.load_state_dict(initial)
+        gen.set_state(draws)
+        opt = make_optimizer(model, TrainConfig(lr=lr), dense_only=True)
+        curve = []
+        for epoch in range(cfg.distilled_epochs):
+            train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+            auc = _valid_auc(model, valid, device)
+            curve.append(auc)
+            run.distilled_epochs_run += 1
+            if auc > best_auc:  # a diverged (NaN) epoch is never the best
+                best_auc, best_state = auc, copy.deepcopy(model.dense.state_dict())
+                run.best_epoch, run.best_lr = epoch, lr
+        if run.best_lr == lr:
+            run.valid_auc = curve
+    model.dense.load_state_dict(best_state if best_state is not None else initial)
 
 
 def _valid_auc(model: CTRModel, valid: TensorBlock, device: str) -> float:

@@ -1,0 +1,39 @@
+"""Candidate training's distilled phase: each learning rate from the same start, the best (rate, epoch) kept."""
+
+import torch
+
+from diet_engine.bench import Splits
+from diet_engine.candidate import train_candidate
+from diet_engine.config import CandidateConfig, ReferenceConfig
+from diet_engine.models import ModelConfig
+from diet_engine.reference import continue_reference, new_reference
+from diet_engine.selection import selected_rows
+
+ARCH = ModelConfig(embedding_dim=8, hidden=[16], n_experts=2, expert_dim=8, tower_hidden=[8])
+
+
+def _setup(tiny_stream):
+    schema, root = tiny_stream
+    splits = Splits(schema, root)
+    ref = continue_reference(new_reference(schema, ReferenceConfig(arch=ARCH)), splits.history[0], ReferenceConfig(arch=ARCH), 1)
+    syn = selected_rows("random", ref, splits.history[0], 1, 0.1, 0)
+    emb = {k: v.clone() for k, v in ref.embedding.state_dict().items()}
+    return schema, splits, syn, emb
+
+
+def _fit(schema, splits, syn, emb, lrs):
+    cfg = CandidateConfig(arch=ARCH, distilled_epochs=3, distilled_lrs=lrs)
+    return train_candidate("dcn", schema, finetune=[], valid=splits.valid, cfg=cfg, seed=7, embeddings=emb, distilled=syn)
+
+
+def test_each_rate_starts_alike_and_the_best_on_validation_is_kept(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+    alone = {lr: _fit(schema, splits, syn, emb, [lr]) for lr in (1e-3, 3e-2)}
+    both = _fit(schema, splits, syn, emb, [1e-3, 3e-2])
+    assert both.distilled_epochs_run == 6 and all(run.distilled_epochs_run == 3 for run in alone.values())
+    # the grid replays each single-rate run exactly (same initial weights, same batches)
+    winner = max(alone, key=lambda lr: max(alone[lr].valid_auc))
+    assert both.best_lr == winner and both.valid_auc == alone[winner].valid_auc
+    assert both.best_epoch == alone[winner].best_epoch
+    for name, value in both.model.dense.state_dict().items():
+        assert torch.equal(value, alone[winner].model.dense.state_dict()[name]), name
