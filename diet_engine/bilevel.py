@@ -38,7 +38,11 @@ if TYPE_CHECKING:
 
 
 class RowAdam:
-    """Adam whose state and step count are per row of a [N, ...] tensor; updates only given rows."""
+    """Adam whose state and step count are per row of a [N, ...] tensor; updates only given rows.
+
+    `step(rows, grad)` takes distinct row ids in any order (a repeated id would be stepped twice from the same
+    old state, its gradients not summed): callers sum a row's gradients first.
+    """
 
     def __init__(self, value: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.value = value

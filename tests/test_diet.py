@@ -121,6 +121,16 @@ def test_row_adam_moves_only_the_given_rows():
     assert torch.equal(value[3], row3) and (value[1] < -0.1).all()
 
 
+def test_row_adam_steps_rows_in_any_order_alike():
+    grad = torch.randn(3, 2)
+    ordered, shuffled = torch.zeros(6, 2), torch.zeros(6, 2)
+    a, b = RowAdam(ordered, lr=0.1), RowAdam(shuffled, lr=0.1)
+    for _ in range(2):
+        a.step(torch.tensor([1, 2, 4]), grad)
+        b.step(torch.tensor([4, 1, 2]), grad[[2, 0, 1]])
+    assert torch.equal(ordered, shuffled) and torch.equal(a.m, b.m) and torch.equal(a.steps, b.steps)
+
+
 def test_outer_steps_lower_the_hard_target_loss():
     model = tiny_model(seed=4)
     dense = model.dense
