@@ -8,12 +8,15 @@ Outer loop: BCE of the final proxy on the hard targets H (eq. 19), embedded
 with the stage's tables φ_t; its gradient reaches A's embeddings and logits
 through a random truncated window of the unroll (RaT-BPTT, Feng et al. 2023):
 the unroll length is drawn from [window, inner_steps] and only its last
-`window` steps keep a graph. Adam updates only the rows of A (row-wise state),
-so rows outside A do not drift on stale momentum. After each step a row's
-field vectors are pulled back inside the largest norm that field reaches among
-the stage's real embeddings: candidates never meet inputs the embedding tables
-could not produce (unbounded rows made candidate training diverge), and a
-step whose meta-loss is not finite is skipped.
+`window` steps keep a graph. The outer loss therefore depends only on the rows
+of A those steps read (at most window x inner_batch): they alone are gathered
+as leaves, differentiated and updated. Adam's state and step count are per row
+and move only for those rows, so rows the window did not read (in A or not)
+do not drift on stale momentum. After each step a row's field vectors are
+pulled back inside the largest norm that field reaches among the stage's real
+embeddings: candidates never meet inputs the embedding tables could not
+produce (unbounded rows made candidate training diverge), and a step whose
+meta-loss is not finite is skipped.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ if TYPE_CHECKING:
 
 
 class RowAdam:
-    """Adam whose state and step count are per row of a [N, ...] tensor; updates only given rows."""
+    """Adam whose state and step count are per row of a [N, ...] tensor; updates only given rows.
+
+    `step(rows, grad)` takes distinct row ids in any order (a repeated id would be stepped twice from the same
+    old state, its gradients not summed): callers sum a row's gradients first.
+    """
 
     def __init__(self, value: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.value = value
@@ -79,27 +86,78 @@ def project_norms(emb: Tensor, rows: Tensor, cap: Tensor) -> None:
         emb[rows] = part * (cap.view(1, -1, 1) / norms).clamp(max=1.0)
 
 
+@dataclass
+class Unroll:
+    """One draw of the inner loop's batches, as row ids of the synthetic set."""
+
+    plain: Tensor  # [total - w, B]: the batches of the steps that keep no graph
+    touched: Tensor  # [m]: the distinct rows the w differentiable steps read, m = min(w x B, |A|)
+    window: Tensor  # [w, B]: each differentiable step's batch, as positions in `touched`
+
+
+def draw_unroll(active: Tensor, cfg: DistillConfig, gen: torch.Generator, device: torch.device) -> Unroll:
+    """The unroll length, then a batch order over `active` (the generator's draws, in this order); row ids on `device`.
+
+    Step s reads positions s*B .. s*B+B-1 (mod |A|) of the order, so the window's w x B positions are
+    consecutive: the first min(w x B, |A|) of them are distinct rows and cover the rest.
+    """
+    n, b = len(active), cfg.inner_batch
+    w = min(cfg.window, cfg.inner_steps)
+    total = int(torch.randint(w, cfg.inner_steps + 1, (1,), generator=gen))
+    order = torch.randperm(n, generator=gen)
+    prefix, m = total - w, min(w * b, n)
+    # the positions read, picked on the host: only those rows' ids cross to the device, not all |A|
+    pos = torch.cat([torch.arange(prefix * b), torch.arange(m) + prefix * b]) % n
+    rows = active[order[pos].to(active.device)].to(device)
+    return Unroll(
+        plain=rows[: prefix * b].view(prefix, b),
+        touched=rows[prefix * b :],
+        window=(torch.arange(w * b, device=device) % m).view(w, b),
+    )
+
+
+def draw_pick(hard: Tensor, cfg: DistillConfig, gen: torch.Generator) -> Tensor:
+    """The outer batch: up to `outer_batch` hard targets (drawn after the unroll)."""
+    return hard[torch.randperm(len(hard), generator=gen)[: cfg.outer_batch].to(hard.device)]
+
+
+def sgd_step(dense: nn.Module, params: Params, e: Tensor, z: Tensor, cfg: DistillConfig, keep_graph: bool) -> Params:
+    """One inner SGD step on the batch (e, z); with `keep_graph`, differentiable w.r.t. params, e and z."""
+    # parameters without a graph (every plain step, the window's first) become leaves to differentiate
+    params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+    loss = bce(functional_call(dense, params, (e,)), soft_targets(z, cfg.temperature))
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=keep_graph)
+    params = {k: v - cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
+    return params if keep_graph else {k: v.detach() for k, v in params.items()}
+
+
 def inner_unroll(
-    dense: nn.Module, start: Params, emb: Tensor, logits: Tensor, cfg: DistillConfig, gen: torch.Generator
+    dense: nn.Module, start: Params, emb: Tensor, logits: Tensor, unroll: Unroll,
+    touched: tuple[Tensor, Tensor], cfg: DistillConfig,
 ) -> Params:
-    """θ_T after SGD on (emb, logits); differentiable through the last `window` steps only."""
-    n = emb.shape[0]
-    total = int(torch.randint(min(cfg.window, cfg.inner_steps), cfg.inner_steps + 1, (1,), generator=gen))
-    order = torch.randperm(n, generator=gen).to(emb.device)
+    """θ_T after SGD on `unroll`'s batches: the plain steps read rows of (emb, logits) without a graph, the
+    window reads `touched` (the embeddings and logits of `unroll.touched`), the only inputs θ_T depends on."""
     params = {k: v.detach() for k, v in start.items()}
-    for step in range(total):
-        pos = (torch.arange(cfg.inner_batch, device=emb.device) + step * cfg.inner_batch) % n
-        idx = order[pos]
-        keep_graph = step >= total - cfg.window
-        # leaves for the no-graph steps and for the first step of the window
-        params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
-        e, z = (emb[idx], logits[idx]) if keep_graph else (emb[idx].detach(), logits[idx].detach())
-        loss = bce(functional_call(dense, params, (e,)), soft_targets(z, cfg.temperature))
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=keep_graph)
-        params = {k: v - cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
-        if not keep_graph:
-            params = {k: v.detach() for k, v in params.items()}
+    for idx in unroll.plain:
+        params = sgd_step(dense, params, emb[idx].detach(), logits[idx].detach(), cfg, keep_graph=False)
+    emb_t, logit_t = touched
+    for pos in unroll.window:
+        # index_select: its backward sums a row read twice (a window longer than |A|) into that row
+        params = sgd_step(dense, params, emb_t.index_select(0, pos), logit_t.index_select(0, pos), cfg, keep_graph=True)
     return params
+
+
+def meta_gradient(
+    dense: nn.Module, start: Params, syn: SyntheticSet, unroll: Unroll, target_emb: Tensor, target_labels: Tensor,
+    cfg: DistillConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(outer loss, its gradient w.r.t. the embeddings and logits of `unroll.touched`), eagerly."""
+    emb_t = syn.emb[unroll.touched].requires_grad_(True)  # a gather copies: leaves of the touched rows only
+    logit_t = syn.logits[unroll.touched].requires_grad_(True)
+    final = inner_unroll(dense, start, syn.emb, syn.logits, unroll, (emb_t, logit_t), cfg)
+    outer = bce(functional_call(dense, final, (target_emb,)), target_labels)
+    g_emb, g_logit = torch.autograd.grad(outer, [emb_t, logit_t])
+    return outer, g_emb, g_logit
 
 
 def optimise_memory(
@@ -121,7 +179,7 @@ def optimise_memory(
     # the module's own parameters are never differentiated or changed
     start = {k: v.detach() for k, v in dense_prev.named_parameters()}
     influence = Influence(dense_prev, cfg.influence_params, cfg.score_batch)
-    graphs = MetaGradientGraphs(dense_prev, start, pool_emb, pool_labels, cfg) if MetaGradientGraphs.wanted(cfg, pool_emb) else None
+    graphs = MetaGradientGraphs(dense_prev, start, syn, pool_emb, pool_labels, cfg) if MetaGradientGraphs.wanted(cfg, pool_emb) else None
     gen = torch.Generator().manual_seed(cfg.seed)
     emb_opt = RowAdam(syn.emb, cfg.lr_embedding)
     logit_opt = RowAdam(syn.logits, cfg.lr_logits)
@@ -145,26 +203,22 @@ def optimise_memory(
             with torch.no_grad():
                 h_loss = bce(functional_call(dense_prev, start, (pool_emb[plan.hard],)), pool_labels[plan.hard])
             log.hard_loss_start.append(float(h_loss))
-        active = plan.active
-        graphed = graphs.get(len(active), min(cfg.outer_batch, len(plan.hard)), tuple(syn.emb.shape[1:]), syn.logits.shape[1]) if graphs else None
-        if graphed is not None:  # same draws and maths, replayed from CUDA graphs (meta_graph.py)
-            outer, g_emb, g_logit = graphed(syn.emb[active], syn.logits[active], plan.hard, gen)
+        unroll = draw_unroll(plan.active, cfg, gen, syn.emb.device)
+        pick = draw_pick(plan.hard, cfg, gen)
+        graphed = graphs.get(len(unroll.touched), len(pick)) if graphs else None
+        if graphed is not None:  # same maths, replayed from CUDA graphs (meta_graph.py)
+            outer, g_emb, g_logit = graphed(unroll, pick)
             log.cuda_graph = True
         else:
-            emb_a = syn.emb[active].clone().requires_grad_(True)
-            logit_a = syn.logits[active].clone().requires_grad_(True)
-            final = inner_unroll(dense_prev, start, emb_a, logit_a, cfg, gen)
-            pick = plan.hard[torch.randperm(len(plan.hard), generator=gen)[: cfg.outer_batch]]
-            outer = bce(functional_call(dense_prev, final, (pool_emb[pick],)), pool_labels[pick])
-            g_emb, g_logit = torch.autograd.grad(outer, [emb_a, logit_a], allow_unused=True)
-        if not torch.isfinite(outer) or any(g is not None and not torch.isfinite(g).all() for g in (g_emb, g_logit)):
+            outer, g_emb, g_logit = meta_gradient(dense_prev, start, syn, unroll, pool_emb[pick], pool_labels[pick], cfg)
+        finite = torch.isfinite(outer) & torch.isfinite(g_emb).all() & torch.isfinite(g_logit).all()
+        if not finite:  # one host sync for the three checks
             log.skipped_steps += 1
             continue
-        if g_emb is not None:
-            emb_opt.step(active, g_emb)
-            project_norms(syn.emb, active, field_cap)
-        if g_logit is not None:
-            logit_opt.step(active, g_logit)
+        # only the rows the window read: the others' gradient is zero, and they keep their Adam state
+        emb_opt.step(unroll.touched, g_emb)
+        project_norms(syn.emb, unroll.touched, field_cap)
+        logit_opt.step(unroll.touched, g_logit)
         log.outer_loss.append(outer.item())
         if on_iter:
             on_iter(it, log.outer_loss[-1])

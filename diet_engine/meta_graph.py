@@ -6,27 +6,30 @@ backward), each launched from Python: the GPU waits on the host. Every shape in
 it is fixed once the active memory and the hard targets are, so it is
 captured once and replayed:
 
-* graph A: one plain SGD step (no graph kept), reading its batch from a static
-  index buffer, updating static parameters in place; replayed `total - window`
-  times for the random truncation (RaT-BPTT);
-* graph B: the `window` differentiable steps, the outer loss on the hard
-  targets and its gradient w.r.t. the active rows' embeddings and logits;
+* graph A: one plain SGD step (no graph kept), reading its batch from the
+  synthetic set's own tensors (updated in place, so their addresses hold)
+  through a static index buffer, updating static parameters in place;
+  replayed `total - window` times for the random truncation (RaT-BPTT);
+* graph B: gathers the rows the `window` differentiable steps read (a static
+  buffer of at most window x inner_batch row ids) as leaves, runs those steps,
+  the outer loss on the hard targets and its gradient w.r.t. those rows'
+  embeddings and logits: no buffer of the active memory's size;
 * the addressing round (influence scores by JVP over the whole synthetic set
   and the target pool, top-k): the synthetic set is updated in place, so the
   same tensors are read at every round.
 
-The random draws (unroll length, batch order, outer batch) are made on the
-host from the same generator and in the same order as `bilevel.inner_unroll`,
-so a run sees the same batches as the eager loop; values agree with it up to
-float rounding. A capture that fails (an op that cannot be captured, too little
-memory) warns once and the caller falls back to the eager loop.
+The random draws (unroll length, batch order, outer batch) are the eager
+loop's own (`bilevel.draw_unroll`, `bilevel.draw_pick`), so a run sees the
+same batches as the eager loop; values agree with it up to float rounding.
+A capture that fails (an op that cannot be captured, too little memory) warns
+once and the caller falls back to the eager loop.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -34,34 +37,36 @@ from torch.func import functional_call
 
 from diet_engine.config import DistillConfig
 from diet_engine.influence import Params
+from diet_engine.synthetic import SyntheticSet
 from diet_engine.training import bce, capture_graph, soft_targets
+
+if TYPE_CHECKING:
+    from diet_engine.bilevel import Unroll  # bilevel imports this module
 
 
 class GraphedMetaGradient:
-    """(outer loss, d outer / d emb_A, d outer / d logits_A) for fixed |A| and outer-batch size."""
+    """(outer loss, d outer / d emb, d outer / d logits of the window's rows) for fixed window rows and outer batch."""
 
     def __init__(
-        self, dense: nn.Module, start: Params, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig,
-        n_active: int, n_pick: int, row_shape: tuple[int, ...], num_tasks: int,
+        self, dense: nn.Module, start: Params, syn: SyntheticSet, pool_emb: Tensor, pool_labels: Tensor,
+        cfg: DistillConfig, n_touched: int, n_pick: int,
     ) -> None:
         device = pool_emb.device
-        self.dense, self.start, self.cfg = dense, start, cfg
+        self.dense, self.start, self.syn, self.cfg = dense, start, syn, cfg
         self.pool_emb, self.pool_labels = pool_emb, pool_labels
-        self.window = min(cfg.window, cfg.inner_steps)
-        self.n_active = n_active
+        window = min(cfg.window, cfg.inner_steps)
         # static inputs: every replay reads these addresses
         self.params = {k: v.detach().clone() for k, v in start.items()}
-        self.emb = torch.zeros((n_active, *row_shape), device=device, requires_grad=True)
-        self.logits = torch.zeros((n_active, num_tasks), device=device, requires_grad=True)
         self.step_idx = torch.zeros(cfg.inner_batch, dtype=torch.long, device=device)
-        self.window_idx = torch.zeros(self.window, cfg.inner_batch, dtype=torch.long, device=device)
+        self.touched = torch.zeros(n_touched, dtype=torch.long, device=device)
+        self.window_pos = torch.zeros(window, cfg.inner_batch, dtype=torch.long, device=device)
         self.pick = torch.zeros(n_pick, dtype=torch.long, device=device)
         self.plain, _ = _capture(self._plain_step)
         self.meta, self.outputs = _capture(self._window_and_outer)
 
     def _plain_step(self) -> None:
         leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-        e, z = self.emb.detach()[self.step_idx], self.logits.detach()[self.step_idx]  # no gradient: plain gathers
+        e, z = self.syn.emb[self.step_idx], self.syn.logits[self.step_idx]  # no gradient: plain gathers
         loss = bce(functional_call(self.dense, leaves, (e,)), soft_targets(z, self.cfg.temperature))
         grads = torch.autograd.grad(loss, list(leaves.values()))
         with torch.no_grad():
@@ -69,36 +74,30 @@ class GraphedMetaGradient:
                 v.sub_(self.cfg.inner_lr * g)
 
     def _window_and_outer(self) -> tuple[Tensor, Tensor, Tensor]:
+        # the window's rows, gathered in the graph as leaves: gradients of their size only
+        emb = self.syn.emb.index_select(0, self.touched).requires_grad_(True)
+        logits = self.syn.logits.index_select(0, self.touched).requires_grad_(True)
         params = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-        for step in range(self.window):
+        for pos in self.window_pos:
             # index_select, not [idx]: its backward is an atomic index_add (capturable), not a sort-based index_put
-            idx = self.window_idx[step]
-            e, z = self.emb.index_select(0, idx), self.logits.index_select(0, idx)
+            e, z = emb.index_select(0, pos), logits.index_select(0, pos)
             loss = bce(functional_call(self.dense, params, (e,)), soft_targets(z, self.cfg.temperature))
             grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
             params = {k: v - self.cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
         outer = bce(functional_call(self.dense, params, (self.pool_emb[self.pick],)), self.pool_labels[self.pick])
-        g_emb, g_logit = torch.autograd.grad(outer, [self.emb, self.logits])
+        g_emb, g_logit = torch.autograd.grad(outer, [emb, logits])
         return outer, g_emb, g_logit
 
-    def __call__(self, emb_a: Tensor, logit_a: Tensor, hard: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        cfg, device = self.cfg, self.emb.device
-        # the draws of inner_unroll, then optimise_memory's outer batch, in that order
-        total = int(torch.randint(min(cfg.window, cfg.inner_steps), cfg.inner_steps + 1, (1,), generator=gen))
-        order = torch.randperm(self.n_active, generator=gen).to(device)
-        steps = torch.arange(total, device=device).unsqueeze(1) * cfg.inner_batch
-        batches = order[(torch.arange(cfg.inner_batch, device=device) + steps) % self.n_active]  # [total, B]
-        pick = hard[torch.randperm(len(hard), generator=gen)[: cfg.outer_batch].to(hard.device)]
-        prefix = total - self.window
+    def __call__(self, unroll: Unroll, pick: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The meta-gradient for the draws `unroll` and `pick`: outputs are static, overwritten by the next call."""
         with torch.no_grad():
-            self.emb.copy_(emb_a)
-            self.logits.copy_(logit_a)
             for k, v in self.params.items():
                 v.copy_(self.start[k])
+            self.touched.copy_(unroll.touched)
+            self.window_pos.copy_(unroll.window)
             self.pick.copy_(pick)
-            self.window_idx.copy_(batches[prefix:])
-        for step in range(prefix):
-            self.step_idx.copy_(batches[step])
+        for idx in unroll.plain:
+            self.step_idx.copy_(idx)
             self.plain.replay()
         self.meta.replay()
         return self.outputs
@@ -113,11 +112,13 @@ T = TypeVar("T")
 
 
 class MetaGradientGraphs:
-    """One captured meta-gradient per (|A|, outer batch) and one addressing round; a failed capture warns and
-    that part runs eagerly from then on."""
+    """One captured meta-gradient per (window rows, outer batch) and one addressing round; a failed capture
+    warns and that part runs eagerly from then on. `syn` is read in place: it must keep its tensors."""
 
-    def __init__(self, dense: nn.Module, start: Params, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig) -> None:
-        self.args = (dense, start, pool_emb, pool_labels, cfg)
+    def __init__(
+        self, dense: nn.Module, start: Params, syn: SyntheticSet, pool_emb: Tensor, pool_labels: Tensor, cfg: DistillConfig,
+    ) -> None:
+        self.args = (dense, start, syn, pool_emb, pool_labels, cfg)
         self.graphs: dict[tuple[int, int], GraphedMetaGradient] = {}
         self.failed = False
         self.address_graph: torch.cuda.CUDAGraph | None = None
@@ -143,13 +144,13 @@ class MetaGradientGraphs:
     def wanted(cfg: DistillConfig, pool_emb: Tensor) -> bool:
         return cfg.cuda_graph and pool_emb.is_cuda
 
-    def get(self, n_active: int, n_pick: int, row_shape: tuple[int, ...], num_tasks: int) -> GraphedMetaGradient | None:
+    def get(self, n_touched: int, n_pick: int) -> GraphedMetaGradient | None:
         if self.failed:
             return None
-        key = (n_active, n_pick)
+        key = (n_touched, n_pick)
         if key not in self.graphs:
             try:
-                self.graphs[key] = GraphedMetaGradient(*self.args, n_active, n_pick, row_shape, num_tasks)
+                self.graphs[key] = GraphedMetaGradient(*self.args, n_touched, n_pick)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
                 warnings.warn(f"CUDA graph capture of the meta-gradient failed, running eagerly: {exc}", stacklevel=2)
                 self.failed = True

@@ -6,14 +6,15 @@ from torch.func import functional_call
 
 from diet_engine.addressing import address
 from diet_engine.artifacts import load_reference, load_synthetic
-from diet_engine.bilevel import RowAdam, inner_unroll, optimise_memory
+from diet_engine import bilevel
+from diet_engine.bilevel import RowAdam, draw_pick, draw_unroll, inner_unroll, meta_gradient, optimise_memory
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.distill import distill_stage, memory_budget
 from diet_engine.influence import Influence
 from diet_engine.memory import fuse, fusion_weights, reanchor
 from diet_engine.models import ModelConfig, build_model
 from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import bce
+from diet_engine.training import bce, soft_targets
 
 from engine_support import tiny_schema
 
@@ -121,6 +122,103 @@ def test_row_adam_moves_only_the_given_rows():
     assert torch.equal(value[3], row3) and (value[1] < -0.1).all()
 
 
+def test_row_adam_steps_rows_in_any_order_alike():
+    grad = torch.randn(3, 2)
+    ordered, shuffled = torch.zeros(6, 2), torch.zeros(6, 2)
+    a, b = RowAdam(ordered, lr=0.1), RowAdam(shuffled, lr=0.1)
+    for _ in range(2):
+        a.step(torch.tensor([1, 2, 4]), grad)
+        b.step(torch.tensor([4, 1, 2]), grad[[2, 0, 1]])
+    assert torch.equal(ordered, shuffled) and torch.equal(a.m, b.m) and torch.equal(a.steps, b.steps)
+
+
+def dense_unroll(dense, start, emb, logits, cfg, gen):
+    """The inner unroll as it was before the window's rows were gathered: batches of an |A|-row leaf, same draws."""
+    n = emb.shape[0]
+    total = int(torch.randint(min(cfg.window, cfg.inner_steps), cfg.inner_steps + 1, (1,), generator=gen))
+    order = torch.randperm(n, generator=gen)
+    params = {k: v.detach() for k, v in start.items()}
+    for step in range(total):
+        idx = order[(torch.arange(cfg.inner_batch) + step * cfg.inner_batch) % n]
+        keep_graph = step >= total - cfg.window
+        params = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+        e, z = (emb[idx], logits[idx]) if keep_graph else (emb[idx].detach(), logits[idx].detach())
+        loss = bce(functional_call(dense, params, (e,)), soft_targets(z, cfg.temperature))
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=keep_graph)
+        params = {k: v - cfg.inner_lr * g for (k, v), g in zip(params.items(), grads)}
+        if not keep_graph:
+            params = {k: v.detach() for k, v in params.items()}
+    return params
+
+
+@pytest.mark.parametrize("n_active", [40, 12])  # the window reads 16 distinct rows of 40, or all 12 (some twice)
+def test_meta_gradient_is_the_dense_gradient_on_the_rows_the_window_reads(n_active):
+    dense = tiny_model(seed=8).dense
+    g = torch.Generator().manual_seed(9)
+    pool, pool_y = torch.randn(100, 4, 4, generator=g), torch.randint(0, 2, (100, 2), generator=g).float()
+    syn = SyntheticSet(torch.randn(50, 4, 4, generator=g), torch.randn(50, 2, generator=g), torch.ones(50, dtype=torch.long))
+    active = torch.randperm(50, generator=g)[:n_active]  # unsorted, not every row
+    hard = torch.arange(0, 100, 3)
+    cfg = DistillConfig(inner_steps=6, window=2, inner_batch=8, outer_batch=20)
+    start = {k: v.detach() for k, v in dense.named_parameters()}
+
+    gen = torch.Generator().manual_seed(2)
+    unroll = draw_unroll(active, cfg, gen, syn.emb.device)
+    pick = draw_pick(hard, cfg, gen)
+    outer, g_emb, g_logit = meta_gradient(dense, start, syn, unroll, pool[pick], pool_y[pick], cfg)
+
+    gen = torch.Generator().manual_seed(2)
+    emb_a, logit_a = syn.emb[active].clone().requires_grad_(True), syn.logits[active].clone().requires_grad_(True)
+    final = dense_unroll(dense, start, emb_a, logit_a, cfg, gen)
+    old_pick = hard[torch.randperm(len(hard), generator=gen)[: cfg.outer_batch]]
+    reference = bce(functional_call(dense, final, (pool[old_pick],)), pool_y[old_pick])
+    d_emb, d_logit = torch.autograd.grad(reference, [emb_a, logit_a])
+
+    assert len(unroll.plain) > 0 and torch.equal(pick, old_pick)
+    assert len(unroll.touched) == min(16, n_active) and len(unroll.touched.unique()) == len(unroll.touched)
+    assert torch.allclose(outer, reference, rtol=1e-6, atol=0)
+    full_emb, full_logit = torch.zeros_like(syn.emb), torch.zeros_like(syn.logits)
+    full_emb[active], full_logit[active] = d_emb, d_logit
+    assert torch.allclose(g_emb, full_emb[unroll.touched], rtol=1e-5, atol=1e-8)
+    assert torch.allclose(g_logit, full_logit[unroll.touched], rtol=1e-5, atol=1e-8)
+    assert g_emb.abs().sum() > 0 and g_logit.abs().sum() > 0
+    others = torch.ones(50, dtype=torch.bool)
+    others[unroll.touched] = False
+    assert torch.equal(full_emb[others], torch.zeros_like(full_emb[others]))
+    assert torch.equal(full_logit[others], torch.zeros_like(full_logit[others]))
+
+
+def test_rows_the_window_does_not_read_keep_their_values_and_adam_state(monkeypatch):
+    optimisers = []
+
+    class Recorded(RowAdam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimisers.append(self)
+
+    monkeypatch.setattr(bilevel, "RowAdam", Recorded)
+    dense = tiny_model(seed=10).dense
+    g = torch.Generator().manual_seed(11)
+    pool, pool_y = torch.randn(128, 4, 4, generator=g), torch.randint(0, 2, (128, 2), generator=g).float()
+    syn = SyntheticSet(torch.randn(64, 4, 4, generator=g), torch.randn(64, 2, generator=g), torch.ones(64, dtype=torch.long))
+    cfg = DistillConfig(outer_iters=1, inner_steps=4, window=2, inner_batch=8)
+    out, log = optimise_memory(syn, dense, pool, pool_y, cfg)
+
+    assert len(log.outer_loss) == 1 and log.active_rows == 64
+    touched = draw_unroll(torch.arange(64), cfg, torch.Generator().manual_seed(cfg.seed), out.emb.device).touched
+    others = torch.ones(64, dtype=torch.bool)
+    others[touched] = False
+    assert others.sum() == 64 - 16
+    assert torch.equal(out.emb[others], syn.emb[others]) and torch.equal(out.logits[others], syn.logits[others])
+    assert (out.emb[touched] != syn.emb[touched]).flatten(1).any(1).all()
+    assert (out.logits[touched] != syn.logits[touched]).any(1).all()
+    assert len(optimisers) == 2
+    for opt in optimisers:
+        assert torch.equal(opt.steps[touched], torch.ones(16))
+        for state in (opt.steps, opt.m, opt.v):
+            assert torch.equal(state[others], torch.zeros_like(state[others]))
+
+
 def test_outer_steps_lower_the_hard_target_loss():
     model = tiny_model(seed=4)
     dense = model.dense
@@ -134,7 +232,9 @@ def test_outer_steps_lower_the_hard_target_loss():
     start = {k: v.detach() for k, v in dense.named_parameters()}
 
     def meta_loss(s: SyntheticSet) -> float:
-        final = inner_unroll(dense, start, s.emb, s.logits, cfg, torch.Generator().manual_seed(0))
+        unroll = draw_unroll(torch.arange(len(s)), cfg, torch.Generator().manual_seed(0), s.emb.device)
+        touched = (s.emb[unroll.touched], s.logits[unroll.touched])
+        final = inner_unroll(dense, start, s.emb, s.logits, unroll, touched, cfg)
         return bce(functional_call(dense, final, (pool,)), pool_y).item()
 
     before = meta_loss(syn)

@@ -1,5 +1,6 @@
 """The GPU code paths, checked on the CPU: graph-replayed meta-gradients, device-resident blocks, GPU AUC."""
 
+import warnings
 from dataclasses import fields
 
 import numpy as np
@@ -40,24 +41,38 @@ def fake_capture(fn):
     return graph, graph.out
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("rows", [40, 120])  # the window (3 x 16 rows) reads every active row, or a subset
 @pytest.mark.parametrize("select", [True, False])
-def test_graphed_meta_gradient_draws_and_computes_what_the_eager_loop_does(monkeypatch, select):
-    """Same generator, same batches, same maths: the synthetic set after K outer iterations matches."""
+def test_graphed_meta_gradient_draws_and_computes_what_the_eager_loop_does(monkeypatch, select, rows, device):
+    """Same generator, same batches, same maths: the synthetic set after K outer iterations matches. On the CPU
+    the captures are stand-ins that rerun the captured functions; on a GPU they are real CUDA graphs."""
     torch.manual_seed(0)
-    dense = build_model("dcn", tiny_schema(), SMALL).eval().dense
+    dense = build_model("dcn", tiny_schema(), SMALL).eval().dense.to(device)
     g = torch.Generator().manual_seed(1)
     pool = torch.randn(300, 4, 4, generator=g)
     pool_y = (pool[:, 0, 0:2] > 0).float()
-    syn = SyntheticSet(torch.randn(40, 4, 4, generator=g), torch.randn(40, 2, generator=g), torch.ones(40, dtype=torch.long))
+    syn = SyntheticSet(torch.randn(rows, 4, 4, generator=g), torch.randn(rows, 2, generator=g),
+                       torch.ones(rows, dtype=torch.long)).to(device)
+    pool, pool_y = pool.to(device), pool_y.to(device)
     cfg = DistillConfig(outer_iters=6, inner_steps=6, window=3, inner_batch=16, outer_batch=20, address_every=2,
                         target_selection=select, memory_selection=select, target_pool_rows=300)
     eager, eager_log = optimise_memory(syn, dense, pool, pool_y, cfg)
-    monkeypatch.setattr(meta_graph, "_capture", fake_capture)
-    monkeypatch.setattr(meta_graph.MetaGradientGraphs, "wanted", staticmethod(lambda cfg, pool_emb: True))
-    graphed, graphed_log = optimise_memory(syn, dense, pool, pool_y, cfg.model_copy(update={"cuda_graph": True}))
+    if device == "cpu":
+        monkeypatch.setattr(meta_graph, "_capture", fake_capture)
+        monkeypatch.setattr(meta_graph.MetaGradientGraphs, "wanted", staticmethod(lambda cfg, pool_emb: True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graphed, graphed_log = optimise_memory(syn, dense, pool, pool_y, cfg.model_copy(update={"cuda_graph": True}))
+    assert not [w for w in caught if "CUDA graph capture" in str(w.message)]  # no fallback to the eager loop
     assert graphed_log.cuda_graph and not eager_log.cuda_graph
     assert not torch.equal(graphed.emb, syn.emb)
     assert torch.allclose(graphed.emb, eager.emb, atol=1e-5) and torch.allclose(graphed.logits, eager.logits, atol=1e-5)
+    moved = [(out.emb != syn.emb).flatten(1).any(1) for out in (graphed, eager)]
+    assert torch.equal(*moved)  # the same rows stepped, the same left untouched
     assert graphed_log.outer_loss == pytest.approx(eager_log.outer_loss, rel=1e-5)
 
 
