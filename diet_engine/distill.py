@@ -31,7 +31,7 @@ from diet_engine.models.base import CTRModel
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.schema import StreamSchema
 from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import EVAL_BATCH, el2n_scores, lookup_rows, predict_logits
+from diet_engine.training import EVAL_BATCH, copy_to, el2n_scores, lookup_rows, predict_logits
 
 STAGE_JSON = "stage.json"
 
@@ -98,9 +98,7 @@ def module_on(module: nn.Module, device: str) -> nn.Module:
     first = next(module.parameters(), None)
     if first is None or same_device(first.device, device):
         return module
-    # a checkpoint's saved optimiser moments (host tensors) are not needed by the copy
-    saved = getattr(module, "optimizer_state", None)
-    return copy.deepcopy(module, memo={id(saved): {}} if saved is not None else None).to(device)
+    return copy_to(module, device)
 
 
 def distill_in_memory(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -12,7 +11,7 @@ from diet_engine.data import Block
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel
 from diet_engine.schema import StreamSchema
-from diet_engine.training import generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, train_real_epoch
+from diet_engine.training import copy_to, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, train_real_epoch
 
 
 def new_reference(schema: StreamSchema, cfg: ReferenceConfig) -> CTRModel:
@@ -35,8 +34,7 @@ def continue_reference(
     stored in its artifact), so a stage can run on another worker from the
     stored artifact alone and still train as one uninterrupted run would.
     """
-    # the copy leaves the saved moments behind (host tensors twice the table's size): they are loaded below
-    model = copy.deepcopy(previous, memo={id(previous.optimizer_state): {}}).to(device)
+    model = copy_to(previous, device)  # the saved moments stay behind: loaded into the optimiser below
     opt = make_optimizer(model, cfg.train)
     if cfg.keep_optimizer and previous.optimizer_state:
         # a copy: the checkpoint's own moments must not move when a second model continues from it

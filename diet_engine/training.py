@@ -5,6 +5,7 @@ Models only map inputs to logits; losses, optimisers and devices live here.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -12,7 +13,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from diet_engine.config import TrainConfig
 from diet_engine.data import Block, TensorBlock, same_device
@@ -26,6 +27,24 @@ EVAL_BATCH = 8192
 
 def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """A deep copy of `module` with its parameters and buffers created on `device` directly.
+
+    deepcopy-then-.to() first copies every table on the host (0.1 s for a 435 MB one); here each
+    tensor is copied once, straight to the device. A checkpoint's saved optimiser moments (host
+    tensors twice the tables' size) are left behind: the copy gets an empty `optimizer_state`.
+    """
+    memo: dict[int, object] = {}
+    saved = getattr(module, "optimizer_state", None)
+    if saved is not None:
+        memo[id(saved)] = {}
+    for param in module.parameters():
+        memo[id(param)] = nn.Parameter(param.detach().to(device, copy=True), requires_grad=param.requires_grad)
+    for buffer in module.buffers():
+        memo[id(buffer)] = buffer.detach().to(device, copy=True)
+    return copy.deepcopy(module, memo)
 
 
 class Optimizers:

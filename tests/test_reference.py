@@ -7,7 +7,7 @@ from diet_engine.config import ReferenceConfig
 from diet_engine.data import TensorBlock
 from diet_engine.models import ModelConfig
 from diet_engine.reference import continue_reference, new_reference
-from diet_engine.training import generator, make_optimizer, train_real_epoch
+from diet_engine.training import copy_to, generator, make_optimizer, train_real_epoch
 
 ARCH = ModelConfig(embedding_dim=4, hidden=[8], n_experts=2, expert_dim=4, tower_hidden=[4])
 
@@ -36,3 +36,19 @@ def test_stages_continue_one_adam_run_through_the_artifact(tiny_stream, tmp_path
     restarted = continue_reference(continue_reference(new_reference(schema, fresh), h1, fresh, 1), h2, fresh, 2)
     assert not torch.equal(next(restarted.dense.parameters()), next(two.dense.parameters()))
     assert restarted.optimizer_state == {}
+
+
+def test_copy_to_copies_each_tensor_once_and_leaves_the_saved_moments(tiny_stream):
+    schema, root = tiny_stream
+    cfg = ReferenceConfig(arch=ARCH)
+    ref = continue_reference(new_reference(schema, cfg), TensorBlock.load(root / "h1.parquet", schema), cfg, 1)
+    ref.dense.register_buffer("probe", torch.arange(3.0))
+    copy = copy_to(ref, "cpu")
+    assert copy.optimizer_state == {} and ref.optimizer_state  # the checkpoint keeps its own
+    for (name, a), b in zip(ref.state_dict().items(), copy.state_dict().values()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    for a, b in zip(ref.parameters(), copy.parameters()):
+        assert isinstance(b, torch.nn.Parameter) and a.requires_grad == b.requires_grad
+    with torch.no_grad():
+        next(copy.parameters()).add_(1.0)
+    assert not torch.equal(next(ref.parameters()), next(copy.parameters()))
