@@ -10,13 +10,15 @@ through a random truncated window of the unroll (RaT-BPTT, Feng et al. 2023):
 the unroll length is drawn from [window, inner_steps] and only its last
 `window` steps keep a graph. The outer loss therefore depends only on the rows
 of A those steps read (at most window x inner_batch): they alone are gathered
-as leaves, differentiated and updated. Adam's state and step count are per row
-and move only for those rows, so rows the window did not read (in A or not)
-do not drift on stale momentum. After each step a row's field vectors are
-pulled back inside the largest norm that field reaches among the stage's real
-embeddings: candidates never meet inputs the embedding tables could not
-produce (unbounded rows made candidate training diverge), and a step whose
-meta-loss is not finite is skipped.
+as leaves and differentiated; every other row of A has a zero gradient. Adam
+(row-wise state) then steps every row of A, as a dense Adam over A would: the
+rows the window did not read move on their momentum. Rows outside A keep their
+state and do not move. (Stepping only the rows read cost 0.0026 mean test AUC
+on ML-100K, 8 seeds: each row then takes a step in about one iteration of four.)
+After each step a row's field vectors are pulled back inside the largest norm
+that field reaches among the stage's real embeddings: candidates never meet
+inputs the embedding tables could not produce (unbounded rows made candidate
+training diverge), and a step whose meta-loss is not finite is skipped.
 """
 
 from __future__ import annotations
@@ -41,11 +43,9 @@ if TYPE_CHECKING:
 
 
 class RowAdam:
-    """Adam whose state and step count are per row of a [N, ...] tensor; updates only given rows.
+    """Adam whose state and step count are per row of a [N, ...] tensor; steps only the rows it is given."""
 
-    `step(rows, grad)` takes distinct row ids in any order (a repeated id would be stepped twice from the same
-    old state, its gradients not summed): callers sum a row's gradients first.
-    """
+    CHUNK = 16_384  # rows per in-place pass when every row steps: temporaries stay small
 
     def __init__(self, value: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.value = value
@@ -55,17 +55,32 @@ class RowAdam:
         self.steps = torch.zeros(value.shape[0], dtype=value.dtype, device=value.device)
 
     @torch.no_grad()
-    def step(self, rows: Tensor, grad: Tensor) -> None:
+    def step(self, active: Tensor, rows: Tensor, grad: Tensor) -> None:
+        """One Adam step for each row of `active` (distinct ids), with `grad` for `rows` (distinct, a subset of
+        `active`, any order) and a zero gradient for the others: their moments decay and still move them."""
         b1, b2 = self.betas
-        shape = (-1,) + (1,) * (self.value.dim() - 1)
-        t = self.steps[rows] + 1
-        self.steps[rows] = t
-        m = self.m[rows].mul_(b1).add_(grad, alpha=1 - b1)
-        v = self.v[rows].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        self.m[rows], self.v[rows] = m, v
-        m_hat = m / (1 - b1 ** t).view(shape)
-        v_hat = v / (1 - b2 ** t).view(shape)
-        self.value[rows] -= self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        every = len(active) == self.value.shape[0]  # the whole set: in place, no gathers of it
+        if every:
+            self.m.mul_(b1)
+            self.v.mul_(b2)
+            self.steps.add_(1)
+        else:
+            self.m[active] = self.m[active] * b1
+            self.v[active] = self.v[active] * b2
+            self.steps[active] += 1
+        self.m.index_add_(0, rows, grad, alpha=1 - b1)
+        self.v.index_add_(0, rows, grad * grad, alpha=1 - b2)
+        if every:
+            for first in range(0, self.value.shape[0], self.CHUNK):
+                self._move(slice(first, first + self.CHUNK))
+        else:
+            self._move(active)
+
+    def _move(self, sel: slice | Tensor) -> None:
+        b1, b2 = self.betas
+        t = self.steps[sel].view((-1,) + (1,) * (self.value.dim() - 1))
+        denom = (self.v[sel] / (1 - b2 ** t)).sqrt_().add_(self.eps)
+        self.value[sel] -= (self.m[sel] / (1 - b1 ** t)).div_(denom).mul_(self.lr)
 
 
 @dataclass
@@ -79,8 +94,11 @@ class OptimiseLog:
 
 
 def project_norms(emb: Tensor, rows: Tensor, cap: Tensor) -> None:
-    """Rescale each field vector of `rows` to norm at most cap[field] (in place)."""
+    """Rescale each field vector of `rows` (distinct ids) to norm at most cap[field] (in place)."""
     with torch.no_grad():
+        if len(rows) == emb.shape[0]:  # every row: scale in place, no copy of the set
+            emb.mul_((cap.view(1, -1, 1) / emb.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
+            return
         part = emb[rows]
         norms = part.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         emb[rows] = part * (cap.view(1, -1, 1) / norms).clamp(max=1.0)
@@ -215,10 +233,10 @@ def optimise_memory(
         if not finite:  # one host sync for the three checks
             log.skipped_steps += 1
             continue
-        # only the rows the window read: the others' gradient is zero, and they keep their Adam state
-        emb_opt.step(unroll.touched, g_emb)
-        project_norms(syn.emb, unroll.touched, field_cap)
-        logit_opt.step(unroll.touched, g_logit)
+        # every row of A steps; only the rows the window read have a gradient
+        emb_opt.step(plan.active, unroll.touched, g_emb)
+        project_norms(syn.emb, plan.active, field_cap)
+        logit_opt.step(plan.active, unroll.touched, g_logit)
         log.outer_loss.append(outer.item())
         if on_iter:
             on_iter(it, log.outer_loss[-1])

@@ -49,8 +49,8 @@ class DistillConfig(_Config):
     reanchor: bool = True
     # addressing
     target_selection: bool = True
-    # off: every synthetic row is active in the inner loop (an outer iteration still differentiates and
-    # steps only the rows its window reads, bilevel.py). Top-responsibility active memory
+    # off: every synthetic row is active in the inner loop (an outer iteration still differentiates only
+    # the rows its window reads, bilevel.py). Top-responsibility active memory
     # (|A| = window x inner steps) cost 0.002-0.003 test AUC on ML-100K in every sweep (benchmarks/README.md)
     memory_selection: bool = False
     hard_ratio: float = Field(default=0.1, gt=0, le=1)

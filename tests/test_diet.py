@@ -111,25 +111,30 @@ def test_addressing_picks_hard_targets_and_responsible_rows():
     assert len(off.hard) == 200 and len(off.active) == 40
 
 
-def test_row_adam_moves_only_the_given_rows():
-    value = torch.zeros(5, 3)
+@pytest.mark.parametrize("active", [None, [4, 0, 3, 1]])  # every row (in-place path) or a subset (gathers)
+def test_row_adam_is_a_dense_adam_over_the_active_rows(active, monkeypatch):
+    monkeypatch.setattr(RowAdam, "CHUNK", 2)  # several in-place passes
+    g = torch.Generator().manual_seed(3)
+    value = torch.randn(6, 3, generator=g)
+    ids = torch.arange(6) if active is None else torch.tensor(active)
+    reference = torch.nn.Parameter(value[ids].clone())
+    adam = torch.optim.Adam([reference], lr=0.1)
     opt = RowAdam(value, lr=0.1)
-    opt.step(torch.tensor([1, 3]), torch.ones(2, 3))
-    assert torch.allclose(value[[1, 3]], torch.full((2, 3), -0.1), atol=1e-6)
-    assert value[[0, 2, 4]].abs().sum() == 0
-    row3 = value[3].clone()
-    opt.step(torch.tensor([1]), torch.zeros(1, 3))  # momentum moves row 1 further, row 3 stays
-    assert torch.equal(value[3], row3) and (value[1] < -0.1).all()
-
-
-def test_row_adam_steps_rows_in_any_order_alike():
-    grad = torch.randn(3, 2)
-    ordered, shuffled = torch.zeros(6, 2), torch.zeros(6, 2)
-    a, b = RowAdam(ordered, lr=0.1), RowAdam(shuffled, lr=0.1)
-    for _ in range(2):
-        a.step(torch.tensor([1, 2, 4]), grad)
-        b.step(torch.tensor([4, 1, 2]), grad[[2, 0, 1]])
-    assert torch.equal(ordered, shuffled) and torch.equal(a.m, b.m) and torch.equal(a.steps, b.steps)
+    before = value.clone()
+    for rows in ([0, 3], [1], [3, 0]):  # each step's gradient reaches some active rows only, in any order
+        grad = torch.randn(len(rows), 3, generator=g)
+        dense = torch.zeros_like(reference)
+        where = {int(r): k for k, r in enumerate(ids)}
+        dense[[where[r] for r in rows]] = grad
+        reference.grad = dense
+        adam.step()
+        opt.step(ids, torch.tensor(rows), grad)
+    assert torch.allclose(value[ids], reference.detach(), atol=1e-6)
+    assert torch.equal(opt.steps[ids], torch.full((len(ids),), 3.0))
+    outside = torch.ones(6, dtype=torch.bool)
+    outside[ids] = False
+    assert torch.equal(value[outside], before[outside]) and opt.steps[outside].sum() == 0
+    assert opt.m[outside].abs().sum() == 0 and opt.v[outside].abs().sum() == 0
 
 
 def dense_unroll(dense, start, emb, logits, cfg, gen):
@@ -188,35 +193,37 @@ def test_meta_gradient_is_the_dense_gradient_on_the_rows_the_window_reads(n_acti
     assert torch.equal(full_logit[others], torch.zeros_like(full_logit[others]))
 
 
-def test_rows_the_window_does_not_read_keep_their_values_and_adam_state(monkeypatch):
-    optimisers = []
+def test_an_outer_step_moves_every_active_row_and_no_other(monkeypatch):
+    steps = []
 
     class Recorded(RowAdam):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            optimisers.append(self)
+        def step(self, active, rows, grad):
+            before = self.value.clone()
+            super().step(active, rows, grad)
+            steps.append((self, active, rows, before, self.value.clone()))
 
     monkeypatch.setattr(bilevel, "RowAdam", Recorded)
     dense = tiny_model(seed=10).dense
     g = torch.Generator().manual_seed(11)
     pool, pool_y = torch.randn(128, 4, 4, generator=g), torch.randint(0, 2, (128, 2), generator=g).float()
     syn = SyntheticSet(torch.randn(64, 4, 4, generator=g), torch.randn(64, 2, generator=g), torch.ones(64, dtype=torch.long))
-    cfg = DistillConfig(outer_iters=1, inner_steps=4, window=2, inner_batch=8)
-    out, log = optimise_memory(syn, dense, pool, pool_y, cfg)
+    # |A| = window x inner steps = 8 of 64 rows; each window reads 2 x 2 of them
+    cfg = DistillConfig(outer_iters=4, inner_steps=4, window=2, inner_batch=2, memory_selection=True, address_every=10)
+    optimise_memory(syn, dense, pool, pool_y, cfg)
 
-    assert len(log.outer_loss) == 1 and log.active_rows == 64
-    touched = draw_unroll(torch.arange(64), cfg, torch.Generator().manual_seed(cfg.seed), out.emb.device).touched
-    others = torch.ones(64, dtype=torch.bool)
-    others[touched] = False
-    assert others.sum() == 64 - 16
-    assert torch.equal(out.emb[others], syn.emb[others]) and torch.equal(out.logits[others], syn.logits[others])
-    assert (out.emb[touched] != syn.emb[touched]).flatten(1).any(1).all()
-    assert (out.logits[touched] != syn.logits[touched]).any(1).all()
-    assert len(optimisers) == 2
-    for opt in optimisers:
-        assert torch.equal(opt.steps[touched], torch.ones(16))
-        for state in (opt.steps, opt.m, opt.v):
-            assert torch.equal(state[others], torch.zeros_like(state[others]))
+    assert len(steps) == 8  # embeddings and logits, 4 iterations
+    for opt, active, rows, before, after in steps:
+        assert len(active) == 8 and len(rows) == 4 and torch.isin(rows, active).all()
+        outside = torch.ones(64, dtype=torch.bool)
+        outside[active] = False
+        assert torch.equal(after[outside], before[outside])
+        assert opt.m[outside].abs().sum() == 0 and opt.steps[outside].sum() == 0
+    opt, active, rows, before, after = steps[-1]  # the logits' last step
+    assert torch.equal(opt.steps[active], torch.full((8,), 4.0))
+    # a row this window skipped still moves on the momentum of earlier steps
+    skipped = active[~torch.isin(active, rows)]
+    carried = skipped[opt.m[skipped].flatten(1).abs().sum(1) > 0]
+    assert len(carried) > 0 and (after[carried] != before[carried]).any(1).all()
 
 
 def test_outer_steps_lower_the_hard_target_loss():
