@@ -89,6 +89,7 @@ def bench(
     ratio: float = typer.Option(0.02, help="history kept by reduced-data methods, as a share of historical rows"),
     seed: int = typer.Option(0, help="first seed"),
     seeds: int = typer.Option(1, min=1, help="seeds per cell; results are mean ± std"),
+    candidate_repeats: int = typer.Option(3, min=1, help="candidates trained per cell and seed, test metrics averaged"),
     config: Path | None = typer.Option(None, help="JSON with reference/candidate/distill overrides"),
 ) -> None:
     """Train every (method, model) cell, test it, print the table and write results.json."""
@@ -96,7 +97,7 @@ def bench(
 
     extra = json.loads(config.read_text()) if config else {}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
-                      ratio=ratio, seed=seed, seeds=seeds, **extra)
+                      ratio=ratio, seed=seed, seeds=seeds, candidate_repeats=candidate_repeats, **extra)
     total = len(cfg.methods) * len(cfg.models) * cfg.seeds
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

@@ -55,3 +55,16 @@ def test_rank_agreement_and_gap():
     tau = agreement(auc, ["a", "b", "c"])
     assert tau["x"] == pytest.approx(1.0) and tau["y"] == pytest.approx(-1.0)
     assert gap(auc, ["a", "b", "c"])["x"] == pytest.approx(0.5)
+
+
+def test_candidate_repeats_average_candidates_of_distinct_seeds(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    one = run_bench(small_config(root, tmp_path / "one", methods=["warmup", "random"], candidate_repeats=1))
+    two = run_bench(small_config(root, tmp_path / "two", methods=["warmup", "random"], candidate_repeats=2))
+    for method in ("warmup", "random"):
+        for model in ("dcn", "finalnet"):
+            alone, pair = one["results"][method][model], two["results"][method][model]
+            (first, second), = pair["auc_repeats"]  # one seed, two candidates
+            assert first == alone["auc"]  # the first candidate is the one a single repeat trains
+            assert second != first and pair["auc"] == pytest.approx((first + second) / 2)
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["config"]["candidate_repeats"] == 2
