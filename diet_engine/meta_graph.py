@@ -61,8 +61,8 @@ class GraphedMetaGradient:
         self.touched = torch.zeros(n_touched, dtype=torch.long, device=device)
         self.window_pos = torch.zeros(window, cfg.inner_batch, dtype=torch.long, device=device)
         self.pick = torch.zeros(n_pick, dtype=torch.long, device=device)
-        self.plain, _ = _capture(self._plain_step)
-        self.meta, self.outputs = _capture(self._window_and_outer)
+        self.plain, _ = capture_graph(self._plain_step)
+        self.meta, self.outputs = capture_graph(self._window_and_outer)
 
     def _plain_step(self) -> None:
         leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
@@ -103,11 +103,6 @@ class GraphedMetaGradient:
         return self.outputs
 
 
-def _capture(fn):
-    """Warm `fn` up on a side stream (lazy inits stay out of the graph), then capture it."""
-    return capture_graph(fn)
-
-
 T = TypeVar("T")
 
 
@@ -131,7 +126,7 @@ class MetaGradientGraphs:
             return round_()
         if self.address_graph is None:
             try:
-                self.address_graph, self.address_out = _capture(round_)
+                self.address_graph, self.address_out = capture_graph(round_)
             except Exception as exc:  # noqa: BLE001 - any capture failure means: run eagerly
                 warnings.warn(f"CUDA graph capture of addressing failed, running eagerly: {exc}", stacklevel=2)
                 self.address_failed = True

@@ -6,10 +6,9 @@ Models only map inputs to logits; losses, optimisers and devices live here.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-
-import warnings
 
 import torch
 import torch.nn.functional as F

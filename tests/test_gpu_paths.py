@@ -62,7 +62,7 @@ def test_graphed_meta_gradient_draws_and_computes_what_the_eager_loop_does(monke
                         target_selection=select, memory_selection=select, target_pool_rows=300)
     eager, eager_log = optimise_memory(syn, dense, pool, pool_y, cfg)
     if device == "cpu":
-        monkeypatch.setattr(meta_graph, "_capture", fake_capture)
+        monkeypatch.setattr(meta_graph, "capture_graph", fake_capture)
         monkeypatch.setattr(meta_graph.MetaGradientGraphs, "wanted", staticmethod(lambda cfg, pool_emb: True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
