@@ -55,8 +55,15 @@ def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
             for k in models:
                 c = res["results"][m][k]
                 cells[m][k].append({"auc": c["auc"], "logloss": c["logloss"], "train_seconds": c["train_seconds"],
-                                    "history_rows": c["history_rows"]})
+                                    "history_rows": c["history_rows"],
+                                    "distilled_valid_auc": [c.get("distilled_valid_auc")]})
     return summarise(cells, methods, models)
+
+
+def set_valid(row: dict, models: list[str]) -> str:
+    """Mean over models of the best validation AUC the set alone gave (methods with a set only)."""
+    known = [row[m]["distilled_valid_auc"] for m in models if row[m].get("distilled_valid_auc") is not None]
+    return f"{sum(known) / len(known):.4f}" if known else "-"
 
 
 def main() -> int:
@@ -90,7 +97,7 @@ def main() -> int:
             merged[name] = {**merge(runs, models), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}
     (args.out / "sweep.json").write_text(json.dumps(merged, indent=2))
-    print(f"{'config':<18} {'method':<8} " + " ".join(f"{m:>9}" for m in models) + "   mean±std(seeds)   tau    gap")
+    print(f"{'config':<18} {'method':<8} " + " ".join(f"{m:>9}" for m in models) + "   mean±std(seeds)   tau    gap  set-valid")
     for name, res in merged.items():
         for method, row in res["results"].items():
             per_seed = [sum(row[m]["auc_seeds"][i] for m in models) / len(models) for i in range(len(row[models[0]]["auc_seeds"]))]
@@ -99,7 +106,7 @@ def main() -> int:
             tau = res["kendall_tau"].get(method, float("nan"))
             gap = res["gap_recovered"].get(method, float("nan"))
             print(f"{name:<18} {method:<8} " + " ".join(f"{row[m]['auc']:9.4f}" for m in models)
-                  + f"   {mean:.4f}±{std:.4f}   {tau:+.2f}  {gap:+.2f}")
+                  + f"   {mean:.4f}±{std:.4f}   {tau:+.2f}  {gap:+.2f}  {set_valid(row, models)}")
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -138,7 +138,7 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
         kwargs["embeddings"] = final_embedding
     else:
         finetune, history_rows = [splits.subsequent], len(sets[method])
-        kwargs.update(embeddings=final_embedding, distilled=sets[method])
+        kwargs.update(embeddings=final_embedding, distilled=sets[method], probe=splits.test)
     runs, tests, seconds = [], [], []
     for repeat in range(cfg.candidate_repeats):
         t0 = time.perf_counter()
@@ -150,7 +150,11 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],
             "auc_tasks": {task: statistics.fmean(t.auc[task] for t in tests) for task in tests[0].auc},
-            "best_epoch": [r.best_epoch for r in runs], "best_lr": [r.best_lr for r in runs]}
+            "best_epoch": [r.best_epoch for r in runs], "best_lr": [r.best_lr for r in runs],
+            # how well the set alone trains the candidate's dense part (its best validation AUC before the fine-tune)
+            "distilled_valid_auc": [max(r.valid_auc) if r.valid_auc else None for r in runs],
+            # and its test AUC then: the paper's "distilled data only" figure
+            "set_only_auc": _mean_known(r.set_only_auc for r in runs)}
 
 
 def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str]) -> dict:
@@ -171,6 +175,8 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
                 "auc_seeds": aucs,
                 "logloss_seeds": lls,
                 "auc_repeats": [r.get("auc_repeats", [r["auc"]]) for r in runs],  # per seed, each candidate's
+                "distilled_valid_auc": _mean_known(v for r in runs for v in r.get("distilled_valid_auc", [])),
+                "set_only_auc": _mean_known(r.get("set_only_auc") for r in runs),
             }
     n_seeds = len(next(iter(next(iter(cells.values())).values())))
     mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
@@ -185,6 +191,11 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
         "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
         "gap_recovered_seeds": [gap(a, models) for a in seed_auc],
     }
+
+
+def _mean_known(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if known else None
 
 
 def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:

@@ -33,6 +33,7 @@ class CandidateRun:
     best_epoch: int | None = None
     best_lr: float | None = None
     distilled_epochs_run: int = 0  # over every rate tried
+    set_only_auc: float | None = None  # on `probe`, after the distilled phase and before the fine-tune
 
 
 def train_candidate(
@@ -46,7 +47,9 @@ def train_candidate(
     embeddings: dict[str, torch.Tensor] | None = None,
     distilled: SyntheticSet | None = None,
     device: str = "cpu",
+    probe: TensorBlock | None = None,
 ) -> CandidateRun:
+    """`probe`: a block the model is also scored on between the two phases — what the set alone taught it."""
     if isinstance(model, str):
         torch.manual_seed(seed)
         # on a GPU the weights are drawn there: initialising a 3 M-row table on the host took seconds
@@ -59,6 +62,8 @@ def train_candidate(
     gen = generator(seed)
     if distilled is not None and len(distilled):
         _fit_dense_on_distilled(run, distilled, valid, cfg, gen, device)
+        if probe is not None:
+            run.set_only_auc = _valid_auc(model, probe, device)
     opt = make_optimizer(model, cfg.train)
     for block in finetune:
         train_real_epoch(model, block, opt, cfg.train.batch_size, gen, device)

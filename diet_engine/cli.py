@@ -95,16 +95,16 @@ def bench(
     """Train every (method, model) cell, test it, print the table and write results.json."""
     from diet_engine.bench import BenchConfig, run_bench
 
-    extra = json.loads(config.read_text()) if config else {}
+    extra = {"candidate_repeats": candidate_repeats, **(json.loads(config.read_text()) if config else {})}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
-                      ratio=ratio, seed=seed, seeds=seeds, candidate_repeats=candidate_repeats, **extra)
+                      ratio=ratio, seed=seed, seeds=seeds, **extra)
     total = len(cfg.methods) * len(cfg.models) * cfg.seeds
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("training candidates", total=total)
         result = run_bench(cfg, on_cell=lambda name: bar.update(task, advance=1, description=name))
     # wide enough for one line per method even when stdout is not a terminal
-    Console(width=max(console.width, 60 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
+    Console(width=max(console.width, 72 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
     console.print(f"results: {cfg.out / 'results.json'}   report: {cfg.out / 'report.html'}")
 
 
@@ -117,6 +117,7 @@ def results_table(result: dict, models: list[str]) -> Table:
     table.add_column("mean AUC", justify="right")
     table.add_column("τ vs full", justify="right")
     table.add_column("gap rec.", justify="right")
+    table.add_column("set alone", justify="right")  # test AUC after the distilled phase, before the fine-tune
     for method, row in result["results"].items():
         cells = []
         for m in models:
@@ -126,5 +127,7 @@ def results_table(result: dict, models: list[str]) -> Table:
         mean = sum(row[m]["auc"] for m in models) / len(models)
         tau = result["kendall_tau"].get(method)
         gap = result["gap_recovered"].get(method)
-        table.add_row(method, *cells, f"{mean:.4f}", "" if tau is None else f"{tau:+.2f}", "" if gap is None else f"{gap:+.2f}")
+        alone = [row[m]["set_only_auc"] for m in models if row[m].get("set_only_auc") is not None]
+        table.add_row(method, *cells, f"{mean:.4f}", "" if tau is None else f"{tau:+.2f}", "" if gap is None else f"{gap:+.2f}",
+                      f"{sum(alone) / len(alone):.4f}" if alone else "")
     return table

@@ -36,6 +36,13 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
     assert all(rows[m] <= 0.05 * 1200 + 2 for m in ("random", "el2n", "kmeans", "diet"))
     assert saved["kendall_tau"]["full"] == pytest.approx(1.0) and saved["gap_recovered"]["full"] == pytest.approx(1.0)
     assert len(saved["kendall_tau_seeds"]) == 2
+    # what a set alone teaches: only methods that hand the candidate a set have it
+    for method in methods:
+        alone, valid = saved["results"][method]["dcn"]["set_only_auc"], saved["results"][method]["dcn"]["distilled_valid_auc"]
+        if method in ("full", "cold", "warmup"):
+            assert alone is None and valid is None
+        else:
+            assert 0.0 <= alone <= 1.0 and 0.0 <= valid <= 1.0
     assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts")
     again = run_bench(small_config(root, tmp_path / "b", methods=methods, seeds=2))
     for method in methods:
@@ -68,3 +75,21 @@ def test_candidate_repeats_average_candidates_of_distinct_seeds(tiny_stream, tmp
             assert first == alone["auc"]  # the first candidate is the one a single repeat trains
             assert second != first and pair["auc"] == pytest.approx((first + second) / 2)
     assert json.loads((tmp_path / "two" / "results.json").read_text())["config"]["candidate_repeats"] == 2
+
+
+def test_bench_command_takes_repeats_from_its_config_and_prints_the_set_alone_column(tiny_stream, tmp_path):
+    from typer.testing import CliRunner
+
+    from diet_engine.cli import app
+
+    _, root = tiny_stream
+    cfg = small_config(root, tmp_path, candidate_repeats=2)
+    overrides = tmp_path / "config.json"
+    overrides.write_text(json.dumps(cfg.model_dump(mode="json", include={"candidate_repeats", "reference", "candidate", "distill"})))
+    result = CliRunner().invoke(app, ["bench", "--data", str(root), "--out", str(tmp_path / "out"), "--methods", "warmup,el2n",
+                                      "--models", "dcn", "--ratio", "0.05", "--config", str(overrides)])
+    assert result.exit_code == 0, result.output
+    assert "set alone" in result.output
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["config"]["candidate_repeats"] == 2
+    assert len(saved["results"]["el2n"]["dcn"]["auc_repeats"][0]) == 2

@@ -1,5 +1,6 @@
 """Candidate training's distilled phase: each learning rate from the same start, the best (rate, epoch) kept."""
 
+import pytest
 import torch
 
 from diet_engine.bench import Splits
@@ -8,6 +9,7 @@ from diet_engine.config import CandidateConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
 from diet_engine.reference import continue_reference, new_reference
 from diet_engine.selection import selected_rows
+from diet_engine.training import evaluate
 
 ARCH = ModelConfig(embedding_dim=8, hidden=[16], n_experts=2, expert_dim=8, tower_hidden=[8])
 
@@ -37,3 +39,16 @@ def test_each_rate_starts_alike_and_the_best_on_validation_is_kept(tiny_stream):
     assert both.best_epoch == alone[winner].best_epoch
     for name, value in both.model.dense.state_dict().items():
         assert torch.equal(value, alone[winner].model.dense.state_dict()[name]), name
+
+
+def test_probe_scores_the_model_the_set_alone_trained(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+    cfg = CandidateConfig(arch=ARCH, distilled_epochs=2)
+    alone = train_candidate("dcn", schema, finetune=[], valid=splits.valid, cfg=cfg, seed=7, embeddings=emb, distilled=syn,
+                            probe=splits.test)
+    assert alone.set_only_auc == pytest.approx(evaluate(alone.model, splits.test).mean_auc)
+    # with a fine-tune after it, the probe still reports the state before the fine-tune
+    tuned = train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid, cfg=cfg, seed=7,
+                            embeddings=emb, distilled=syn, probe=splits.test)
+    assert tuned.set_only_auc == alone.set_only_auc
+    assert evaluate(tuned.model, splits.test).mean_auc != alone.set_only_auc
