@@ -73,6 +73,7 @@ class Cell(BaseModel):
     logloss: float
     auc_std: float = 0.0
     logloss_std: float = 0.0
+    set_only_auc: float | None = None  # test AUC of the candidate its history set alone trained
 
 
 class Evaluation(BaseModel):
@@ -385,7 +386,7 @@ def _evaluation(ev: Evaluation | None) -> str:
         return ""
     best = {k: max((ev.cells[m][k].auc for m in ev.methods if math.isfinite(ev.cells[m][k].auc)), default=None)
             for k in ev.models}  # fmt: skip
-    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full", "gap recovered"]
+    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full", "gap recovered", "set alone"]
     rows = []
     means = []
     for m in ev.methods:
@@ -402,7 +403,7 @@ def _evaluation(ev: Evaluation | None) -> str:
             f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
             + "".join(cells)
             + f"<td>{mean:.4f}</td><td>{'–' if tau is None else f'{tau:+.2f}'}</td>"
-            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td></tr>"
+            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td><td>{_set_alone(ev, m)}</td></tr>"
         )
     errors = [float(np.mean([ev.cells[m][k].auc_std for k in ev.models])) for m in ev.methods]
     plot = report_plots.horizontal_bars(ev.methods, means, errors, "test AUC, mean over models (± mean std over seeds)")
@@ -414,8 +415,14 @@ def _evaluation(ev: Evaluation | None) -> str:
         '<section id="evaluation"><h2>Methods × models</h2>'
         f'<p class="note">Test AUC / LogLoss averaged over tasks and {ev.seeds} seed(s); bold: best AUC per model; '
         "★: best reduced-data method. τ: Kendall rank agreement of the models with full data; gap recovered: "
-        "share of the cold→full AUC gap.</p>" + table + plot + "</section>"
+        "share of the cold→full AUC gap; set alone: test AUC after the distilled phase, before the fine-tune on the "
+        "subsequent block (what the history set by itself taught the candidates).</p>" + table + plot + "</section>"
     )
+
+
+def _set_alone(ev: Evaluation, method: str) -> str:
+    known = [ev.cells[method][k].set_only_auc for k in ev.models if ev.cells[method][k].set_only_auc is not None]
+    return f"{np.mean(known):.4f}" if known else "–"
 
 
 def _config(config: dict[str, Any] | None) -> str:
