@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diet_engine.addressing import address  # noqa: E402
-from diet_engine.bilevel import optimise_memory  # noqa: E402
+from diet_engine.bilevel import draw_unroll, meta_gradient, optimise_memory  # noqa: E402
 from diet_engine.candidate import train_candidate  # noqa: E402
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig, TrainConfig  # noqa: E402
 from diet_engine.data import TensorBlock  # noqa: E402
@@ -544,17 +544,21 @@ def rowwise_adam_check(ref: CTRModel, block: TensorBlock, batch_size: int, devic
 
 
 def bilevel_flops(syn, dense_prev, pool_emb, pool_labels, dcfg) -> float:
-    """FLOPs of one outer iteration at the full unroll length (counted, eager)."""
+    """FLOPs of one outer iteration's meta-gradient at the full unroll length (counted, eager).
+
+    Counted on `meta_gradient` itself: subtracting a separately run addressing round from a whole
+    `optimise_memory` call read 0, as that round's count depends on the module's train/eval mode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cfg = dcfg.model_copy(update={"outer_iters": 1, "cuda_graph": False, "window": dcfg.inner_steps})
+    cfg = dcfg.model_copy(update={"window": dcfg.inner_steps})
+    gen = torch.Generator().manual_seed(0)
+    active = torch.arange(len(syn), device=syn.emb.device)
+    unroll = draw_unroll(active, cfg, gen, syn.emb.device)  # window = inner steps: every step keeps a graph
+    pick = torch.randperm(len(pool_emb), generator=gen)[: cfg.outer_batch].to(pool_emb.device)
+    start = {k: v.detach() for k, v in dense_prev.eval().named_parameters()}
     with FlopCounterMode(display=False) as fc:
-        optimise_memory(syn.detach(), dense_prev, pool_emb, pool_labels, cfg)
-    # minus the addressing round the first iteration makes: counted separately below
-    with FlopCounterMode(display=False) as fa:
-        address(Influence(dense_prev, cfg.influence_params, cfg.score_batch), syn, pool_emb, pool_labels,
-                cfg.hard_ratio, cfg.active_rows, temperature=cfg.temperature)
-    return max(fc.get_total_flops() - fa.get_total_flops(), 0)
+        meta_gradient(dense_prev, start, syn.detach(), unroll, pool_emb[pick], pool_labels[pick], cfg)
+    return fc.get_total_flops()
 
 
 def write(out: Path, result: dict) -> None:

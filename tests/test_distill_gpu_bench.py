@@ -41,3 +41,5 @@ def test_quick_run_writes_phases_candidates_and_ratios(bench, tmp_path):
     assert set(saved["ratios"]) == {"ratio_history", "ratio_per_epoch", "ratio_end_to_end"}
     assert 0 < saved["reference_variants"][0]["test_auc"] < 1
     assert saved["floors"]["reference_step"]["flops_per_row"] > 0
+    # one outer iteration costs at least a forward and backward of the outer batch through the dense part
+    assert saved["floors"]["bilevel_flops_per_outer_iter"] > 0
