@@ -181,6 +181,7 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
     n_seeds = len(next(iter(next(iter(cells.values())).values())))
     mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
     seed_auc = [{m: {k: cells[m][k][s]["auc"] for k in models} for m in methods} for s in range(n_seeds)]
+    set_alone = {m: _mean_known(results[m][k]["set_only_auc"] for k in models) for m in methods}
     reduced = [m for m in methods if m in REDUCED_METHODS]
     model_mean = {m: statistics.fmean(mean_auc[m].values()) for m in methods}
     return {
@@ -190,6 +191,8 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
         "gap_recovered": gap(mean_auc, models),
         "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
         "gap_recovered_seeds": [gap(a, models) for a in seed_auc],
+        # per method with a history set: mean over models of the test AUC its candidates had before the fine-tune
+        "set_alone": {m: v for m, v in set_alone.items() if v is not None},
     }
 
 

@@ -49,7 +49,8 @@ def train_candidate(
     device: str = "cpu",
     probe: TensorBlock | None = None,
 ) -> CandidateRun:
-    """`probe`: a block the model is also scored on between the two phases — what the set alone taught it."""
+    """A candidate trained by the protocol above; with `probe`, it is also scored there between the two
+    phases (`set_only_auc`: what the distilled set alone taught it)."""
     if isinstance(model, str):
         torch.manual_seed(seed)
         # on a GPU the weights are drawn there: initialising a 3 M-row table on the host took seconds

@@ -127,7 +127,7 @@ def results_table(result: dict, models: list[str]) -> Table:
         mean = sum(row[m]["auc"] for m in models) / len(models)
         tau = result["kendall_tau"].get(method)
         gap = result["gap_recovered"].get(method)
-        alone = [row[m]["set_only_auc"] for m in models if row[m].get("set_only_auc") is not None]
+        alone = result.get("set_alone", {}).get(method)
         table.add_row(method, *cells, f"{mean:.4f}", "" if tau is None else f"{tau:+.2f}", "" if gap is None else f"{gap:+.2f}",
-                      f"{sum(alone) / len(alone):.4f}" if alone else "")
+                      "" if alone is None else f"{alone:.4f}")
     return table

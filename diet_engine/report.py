@@ -73,7 +73,6 @@ class Cell(BaseModel):
     logloss: float
     auc_std: float = 0.0
     logloss_std: float = 0.0
-    set_only_auc: float | None = None  # test AUC of the candidate its history set alone trained
 
 
 class Evaluation(BaseModel):
@@ -85,6 +84,7 @@ class Evaluation(BaseModel):
     history_rows: dict[str, int]
     kendall_tau: dict[str, float] = Field(default_factory=dict)
     gap_recovered: dict[str, float] = Field(default_factory=dict)
+    set_alone: dict[str, float] = Field(default_factory=dict)
     seeds: int = 1
     best_reduced: str | None = None
 
@@ -235,7 +235,7 @@ def bench_report(
         cells={m: {k: Cell.model_validate(result["results"][m][k]) for k in models} for m in methods},
         history_rows={m: result["results"][m][models[0]]["history_rows"] for m in methods},
         kendall_tau=result.get("kendall_tau", {}), gap_recovered=result.get("gap_recovered", {}),
-        seeds=len(result.get("seeds", [])) or 1, best_reduced=result.get("best_reduced"),
+        set_alone=result.get("set_alone", {}), seeds=len(result.get("seeds", [])) or 1, best_reduced=result.get("best_reduced"),
     )  # fmt: skip
     facts = [
         ("dataset", str(result["dataset"])),
@@ -398,12 +398,12 @@ def _evaluation(ev: Evaluation | None) -> str:
             cells.append(f"<td{cls}>{c.auc:.4f}{spread} / {c.logloss:.4f}</td>")
         mean = float(np.mean([ev.cells[m][k].auc for k in ev.models]))
         means.append(mean)
-        tau, gap = ev.kendall_tau.get(m), ev.gap_recovered.get(m)
+        tau, gap, alone = ev.kendall_tau.get(m), ev.gap_recovered.get(m), ev.set_alone.get(m)
         rows.append(
             f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
             + "".join(cells)
             + f"<td>{mean:.4f}</td><td>{'–' if tau is None else f'{tau:+.2f}'}</td>"
-            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td><td>{_set_alone(ev, m)}</td></tr>"
+            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td><td>{'–' if alone is None else f'{alone:.4f}'}</td></tr>"
         )
     errors = [float(np.mean([ev.cells[m][k].auc_std for k in ev.models])) for m in ev.methods]
     plot = report_plots.horizontal_bars(ev.methods, means, errors, "test AUC, mean over models (± mean std over seeds)")
@@ -418,11 +418,6 @@ def _evaluation(ev: Evaluation | None) -> str:
         "share of the cold→full AUC gap; set alone: test AUC after the distilled phase, before the fine-tune on the "
         "subsequent block (what the history set by itself taught the candidates).</p>" + table + plot + "</section>"
     )
-
-
-def _set_alone(ev: Evaluation, method: str) -> str:
-    known = [ev.cells[method][k].set_only_auc for k in ev.models if ev.cells[method][k].set_only_auc is not None]
-    return f"{np.mean(known):.4f}" if known else "–"
 
 
 def _config(config: dict[str, Any] | None) -> str:

@@ -43,6 +43,8 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
             assert alone is None and valid is None
         else:
             assert 0.0 <= alone <= 1.0 and 0.0 <= valid <= 1.0
+    assert set(saved["set_alone"]) == {"random", "el2n", "kmeans", "diet", "diet_no_ts"}
+    assert saved["set_alone"]["diet"] == pytest.approx(sum(saved["results"]["diet"][k]["set_only_auc"] for k in ("dcn", "finalnet")) / 2)
     assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts")
     again = run_bench(small_config(root, tmp_path / "b", methods=methods, seeds=2))
     for method in methods:
