@@ -181,3 +181,21 @@ def test_unknown_blocks(admin):
     expect_problem(admin.get("/blocks/999999"), 404, "no block with id 999999")
     expect_problem(admin.get("/blocks/abc"), 422)
     expect_problem(admin.get("/blocks", params={"stream": "nope"}), 404, "'nope'")
+
+
+def test_same_bytes_committed_between_the_two_lookups_are_the_same_block(admin, ml100k_dir, stream, monkeypatch):
+    """The race of two concurrent uploads of one block, made deterministic: the other upload commits after this
+    one looked the bytes up (twice) and before it looks at the stage; the answer is that block, not a 409."""
+    from service.registry import blocks
+
+    data = (ml100k_dir / "b1.parquet").read_bytes()
+    first = admin.post("/blocks", params={"stream": stream}, content=data, headers=PARQUET)
+    assert first.status_code == 201, first.text
+    looked_up = blocks.by_sha256
+    monkeypatch.setattr(blocks, "by_sha256", lambda session, stream_id, sha256: None)  # not committed yet, as seen
+    again = admin.post("/blocks", params={"stream": stream, "stage": 1}, content=data, headers=PARQUET)
+    monkeypatch.setattr(blocks, "by_sha256", looked_up)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    listed = admin.get("/blocks", params={"stream": stream}).json()
+    assert listed["total"] == 1
