@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diet_engine.bench import summarise  # noqa: E402
+from diet_engine.bench import mean_known, summarise  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 
 
@@ -62,8 +62,8 @@ def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
 
 def set_valid(row: dict, models: list[str]) -> str:
     """Mean over models of the best validation AUC the set alone gave (methods with a set only)."""
-    known = [row[m]["distilled_valid_auc"] for m in models if row[m].get("distilled_valid_auc") is not None]
-    return f"{sum(known) / len(known):.4f}" if known else "-"
+    mean = mean_known(row[m].get("distilled_valid_auc") for m in models)
+    return "-" if mean is None else f"{mean:.4f}"
 
 
 def main() -> int:

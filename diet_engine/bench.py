@@ -13,7 +13,7 @@ import json
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -154,7 +154,7 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
             # how well the set alone trains the candidate's dense part (its best validation AUC before the fine-tune)
             "distilled_valid_auc": [max(r.valid_auc) if r.valid_auc else None for r in runs],
             # and its test AUC then: the paper's "distilled data only" figure
-            "set_only_auc": _mean_known(r.set_only_auc for r in runs)}
+            "set_only_auc": mean_known(r.set_only_auc for r in runs)}
 
 
 def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str]) -> dict:
@@ -175,13 +175,13 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
                 "auc_seeds": aucs,
                 "logloss_seeds": lls,
                 "auc_repeats": [r.get("auc_repeats", [r["auc"]]) for r in runs],  # per seed, each candidate's
-                "distilled_valid_auc": _mean_known(v for r in runs for v in r.get("distilled_valid_auc", [])),
-                "set_only_auc": _mean_known(r.get("set_only_auc") for r in runs),
+                "distilled_valid_auc": mean_known(v for r in runs for v in r.get("distilled_valid_auc", [])),
+                "set_only_auc": mean_known(r.get("set_only_auc") for r in runs),
             }
     n_seeds = len(next(iter(next(iter(cells.values())).values())))
     mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
     seed_auc = [{m: {k: cells[m][k][s]["auc"] for k in models} for m in methods} for s in range(n_seeds)]
-    set_alone = {m: _mean_known(results[m][k]["set_only_auc"] for k in models) for m in methods}
+    set_alone = {m: mean_known(results[m][k]["set_only_auc"] for k in models) for m in methods}
     reduced = [m for m in methods if m in REDUCED_METHODS]
     model_mean = {m: statistics.fmean(mean_auc[m].values()) for m in methods}
     return {
@@ -196,7 +196,8 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
     }
 
 
-def _mean_known(values) -> float | None:
+def mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
     known = [v for v in values if v is not None]
     return statistics.fmean(known) if known else None
 

@@ -87,10 +87,9 @@ def register(
             return _same_bytes(again, stage), False
         at = stage or blocks.next_stage(session, stream.id)
         taken = blocks.by_stage(session, stream.id, at)
-        if taken is not None and taken.sha256 == blob.sha256:
-            # the same bytes, committed by another upload between the query above and this one
-            return _same_bytes(taken, stage), False
         if taken is not None:
+            if taken.sha256 == blob.sha256:  # the same bytes, committed by another upload between the two queries
+                return _same_bytes(taken, stage), False
             raise Problem(409, f"stage {at} of {stream.name!r} already holds block {taken.id} (other bytes)")
         block = Block(
             stream_id=stream.id,
