@@ -56,6 +56,7 @@ def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
                 c = res["results"][m][k]
                 cells[m][k].append({"auc": c["auc"], "logloss": c["logloss"], "train_seconds": c["train_seconds"],
                                     "history_rows": c["history_rows"],
+                                    "auc_repeats": c.get("auc_repeats", [[c["auc"]]])[0],  # one seed a run
                                     "distilled_valid_auc": [c.get("distilled_valid_auc")]})
     return summarise(cells, methods, models)
 

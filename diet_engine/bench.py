@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from scipy.stats import kendalltau
@@ -189,6 +190,7 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
         "best_reduced": max(reduced, key=model_mean.__getitem__) if reduced else None,
         "kendall_tau": agreement(mean_auc, models),
         "gap_recovered": gap(mean_auc, models),
+        "kendall_tau_interval": tau_interval(cells, methods, models),
         "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
         "gap_recovered_seeds": [gap(a, models) for a in seed_auc],
         # per method with a history set: mean over models of the test AUC its candidates had before the fine-tune
@@ -208,6 +210,48 @@ def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, 
         return {}
     ref = [auc["full"][k] for k in models]
     return {m: float(kendalltau(ref, [auc[m][k] for k in models]).statistic) for m in auc}
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b of each row of x [B, K] against the same row of y (NaN where either row is constant)."""
+    i, j = np.triu_indices(x.shape[1], 1)
+    sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sx * sy).sum(1) / np.sqrt((sx != 0).sum(1) * (sy != 0).sum(1))
+
+
+def tau_interval(
+    cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str],
+    draws: int = 2000, level: float = 0.9, seed: int = 0,
+) -> dict[str, list[float]]:
+    """How far τ vs full moves with the candidates drawn: the central `level` interval of τ when each cell's
+    candidates (within each seed) are resampled with replacement, full's and the method's alike.
+
+    With 5 models whose full-data AUCs lie within a few thousandths, one candidate's draw moves a cell by as
+    much (ML-100K: up to 0.015), so a τ without this interval is not a verdict.
+    """
+    if "full" not in methods or len(models) < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+
+    def resampled(method: str) -> np.ndarray:  # [draws, models]: the cell means of one bootstrap draw each
+        cols = []
+        for model in models:
+            per_seed = []
+            for run in cells[method][model]:
+                reps = np.asarray(run.get("auc_repeats", [run["auc"]]), dtype=float)
+                per_seed.append(reps[rng.integers(0, len(reps), (draws, len(reps)))].mean(1))
+            cols.append(np.mean(per_seed, axis=0))
+        return np.stack(cols, axis=1)
+
+    full = resampled("full")
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for m in methods:
+        taus = kendall_tau_b(full, resampled(m)) if m != "full" else np.ones(draws)
+        taus = taus[np.isfinite(taus)]
+        out[m] = [float(np.percentile(taus, tail)), float(np.percentile(taus, 100 - tail))] if len(taus) else []
+    return out
 
 
 def gap(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:

@@ -104,18 +104,19 @@ def bench(
         task = bar.add_task("training candidates", total=total)
         result = run_bench(cfg, on_cell=lambda name: bar.update(task, advance=1, description=name))
     # wide enough for one line per method even when stdout is not a terminal
-    Console(width=max(console.width, 72 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
+    Console(width=max(console.width, 86 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
     console.print(f"results: {cfg.out / 'results.json'}   report: {cfg.out / 'report.html'}")
 
 
 def results_table(result: dict, models: list[str]) -> Table:
+    from diet_engine.report import tau_text
     seeds = len(result["seeds"])
     table = Table(title=f"{result['dataset']}: test AUC / LogLoss (ratio {result['ratio']:.2%}, {seeds} seed(s))")
     table.add_column("method")
     for m in models:
         table.add_column(m, justify="right")
     table.add_column("mean AUC", justify="right")
-    table.add_column("τ vs full", justify="right")
+    table.add_column("τ vs full [90 %]", justify="right")  # the interval: candidates resampled (bench.tau_interval)
     table.add_column("gap rec.", justify="right")
     table.add_column("set alone", justify="right")  # test AUC after the distilled phase, before the fine-tune
     for method, row in result["results"].items():
@@ -128,6 +129,7 @@ def results_table(result: dict, models: list[str]) -> Table:
         tau = result["kendall_tau"].get(method)
         gap = result["gap_recovered"].get(method)
         alone = result.get("set_alone", {}).get(method)
-        table.add_row(method, *cells, f"{mean:.4f}", "" if tau is None else f"{tau:+.2f}", "" if gap is None else f"{gap:+.2f}",
+        table.add_row(method, *cells, f"{mean:.4f}", tau_text(tau, result.get("kendall_tau_interval", {}).get(method)),
+                      "" if gap is None else f"{gap:+.2f}",
                       "" if alone is None else f"{alone:.4f}")
     return table

@@ -35,6 +35,13 @@ REAL = "real block"
 DISTILLED = "distilled"
 
 
+def tau_text(tau: float | None, interval: list[float] | None) -> str:
+    """τ and, where known, the interval it moves in when the candidates are drawn again."""
+    if tau is None:
+        return ""
+    return f"{tau:+.2f} [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else f"{tau:+.2f}"
+
+
 class VersionRow(BaseModel):
     """One version of a lineage (oldest first in `Report.lineage`)."""
 
@@ -83,6 +90,7 @@ class Evaluation(BaseModel):
     cells: dict[str, dict[str, Cell]]
     history_rows: dict[str, int]
     kendall_tau: dict[str, float] = Field(default_factory=dict)
+    kendall_tau_interval: dict[str, list[float]] = Field(default_factory=dict)
     gap_recovered: dict[str, float] = Field(default_factory=dict)
     set_alone: dict[str, float] = Field(default_factory=dict)
     seeds: int = 1
@@ -234,7 +242,8 @@ def bench_report(
         methods=methods, models=models,
         cells={m: {k: Cell.model_validate(result["results"][m][k]) for k in models} for m in methods},
         history_rows={m: result["results"][m][models[0]]["history_rows"] for m in methods},
-        kendall_tau=result.get("kendall_tau", {}), gap_recovered=result.get("gap_recovered", {}),
+        kendall_tau=result.get("kendall_tau", {}), kendall_tau_interval=result.get("kendall_tau_interval", {}),
+        gap_recovered=result.get("gap_recovered", {}),
         set_alone=result.get("set_alone", {}), seeds=len(result.get("seeds", [])) or 1, best_reduced=result.get("best_reduced"),
     )  # fmt: skip
     facts = [
@@ -386,7 +395,7 @@ def _evaluation(ev: Evaluation | None) -> str:
         return ""
     best = {k: max((ev.cells[m][k].auc for m in ev.methods if math.isfinite(ev.cells[m][k].auc)), default=None)
             for k in ev.models}  # fmt: skip
-    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full", "gap recovered", "set alone"]
+    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full [90 %]", "gap recovered", "set alone"]
     rows = []
     means = []
     for m in ev.methods:
@@ -402,7 +411,7 @@ def _evaluation(ev: Evaluation | None) -> str:
         rows.append(
             f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
             + "".join(cells)
-            + f"<td>{mean:.4f}</td><td>{'–' if tau is None else f'{tau:+.2f}'}</td>"
+            + f"<td>{mean:.4f}</td><td>{_e(tau_text(tau, ev.kendall_tau_interval.get(m))) or '–'}</td>"
             f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td><td>{'–' if alone is None else f'{alone:.4f}'}</td></tr>"
         )
     errors = [float(np.mean([ev.cells[m][k].auc_std for k in ev.models])) for m in ev.methods]
@@ -414,7 +423,8 @@ def _evaluation(ev: Evaluation | None) -> str:
     return (
         '<section id="evaluation"><h2>Methods × models</h2>'
         f'<p class="note">Test AUC / LogLoss averaged over tasks and {ev.seeds} seed(s); bold: best AUC per model; '
-        "★: best reduced-data method. τ: Kendall rank agreement of the models with full data; gap recovered: "
+        "★: best reduced-data method. τ: Kendall rank agreement of the models with full data, with the 90 % "
+        "interval it moves in when each cell's candidates are resampled; gap recovered: "
         "share of the cold→full AUC gap; set alone: test AUC after the distilled phase, before the fine-tune on the "
         "subsequent block (what the history set by itself taught the candidates).</p>" + table + plot + "</section>"
     )

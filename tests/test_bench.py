@@ -36,6 +36,8 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
     assert all(rows[m] <= 0.05 * 1200 + 2 for m in ("random", "el2n", "kmeans", "diet"))
     assert saved["kendall_tau"]["full"] == pytest.approx(1.0) and saved["gap_recovered"]["full"] == pytest.approx(1.0)
     assert len(saved["kendall_tau_seeds"]) == 2
+    lo, hi = saved["kendall_tau_interval"]["diet"]
+    assert -1.0 <= lo <= hi <= 1.0 and saved["kendall_tau_interval"]["full"] == [1.0, 1.0]
     # what a set alone teaches: only methods that hand the candidate a set have it
     for method in methods:
         alone, valid = saved["results"][method]["dcn"]["set_only_auc"], saved["results"][method]["dcn"]["distilled_valid_auc"]
@@ -91,7 +93,43 @@ def test_bench_command_takes_repeats_from_its_config_and_prints_the_set_alone_co
     result = CliRunner().invoke(app, ["bench", "--data", str(root), "--out", str(tmp_path / "out"), "--methods", "warmup,el2n",
                                       "--models", "dcn", "--ratio", "0.05", "--config", str(overrides)])
     assert result.exit_code == 0, result.output
-    assert "set alone" in result.output
+    assert "set alone" in result.output and "τ vs full" in result.output
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["config"]["candidate_repeats"] == 2
     assert len(saved["results"]["el2n"]["dcn"]["auc_repeats"][0]) == 2
+
+
+def test_tau_b_matches_scipy_with_and_without_ties():
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    from diet_engine.bench import kendall_tau_b
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 4, (200, 5)).astype(float)  # small integers: many ties
+    y = rng.integers(0, 4, (200, 5)).astype(float)
+    ours = kendall_tau_b(x, y)
+    for row in range(200):
+        theirs = kendalltau(x[row], y[row]).statistic
+        assert (np.isnan(ours[row]) and np.isnan(theirs)) or ours[row] == pytest.approx(theirs)
+
+
+def test_tau_interval_is_a_point_for_identical_candidates_and_widens_with_their_spread():
+    from diet_engine.bench import tau_interval
+
+    models = ["a", "b", "c", "d"]
+    full = {"a": 0.70, "b": 0.69, "c": 0.68, "d": 0.67}
+
+    def cells(spread: float) -> dict:
+        # method x ranks the models as full does; its candidates scatter by ±spread around each cell
+        return {
+            "full": {k: [{"auc": v, "auc_repeats": [v, v, v]}] for k, v in full.items()},
+            "x": {k: [{"auc": v - 0.01, "auc_repeats": [v - 0.01 - spread, v - 0.01, v - 0.01 + spread]}] for k, v in full.items()},
+        }
+
+    tight = tau_interval(cells(0.0), ["full", "x"], models)
+    assert tight["full"] == [1.0, 1.0] and tight["x"] == [1.0, 1.0]
+    loose = tau_interval(cells(0.03), ["full", "x"], models)
+    assert loose["x"][0] < 0.0 < loose["x"][1] <= 1.0  # candidates spread 3x the cells' gaps: the order is a draw
+    assert tau_interval(cells(0.03), ["full", "x"], models) == loose  # seeded: the interval repeats
+    assert tau_interval(cells(0.03), ["x"], models) == {}  # nothing to agree with
