@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
-from scipy.stats import kendalltau
 
 from diet_engine.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
@@ -208,8 +207,8 @@ def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, 
     """Kendall τ between each method's model ranking (by test AUC) and full data's."""
     if "full" not in auc or len(models) < 2:
         return {}
-    ref = [auc["full"][k] for k in models]
-    return {m: float(kendalltau(ref, [auc[m][k] for k in models]).statistic) for m in auc}
+    ref = np.array([[auc["full"][k] for k in models]])
+    return {m: float(kendall_tau_b(ref, np.array([[auc[m][k] for k in models]]))[0]) for m in auc}
 
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
