@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diet_engine.addressing import address  # noqa: E402
-from diet_engine.bilevel import draw_unroll, meta_gradient, optimise_memory  # noqa: E402
+from diet_engine.bilevel import draw_pick, draw_unroll, meta_gradient, optimise_memory  # noqa: E402
 from diet_engine.candidate import train_candidate  # noqa: E402
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig, TrainConfig  # noqa: E402
 from diet_engine.data import TensorBlock  # noqa: E402
@@ -554,7 +554,7 @@ def bilevel_flops(syn, dense_prev, pool_emb, pool_labels, dcfg) -> float:
     gen = torch.Generator().manual_seed(0)
     active = torch.arange(len(syn), device=syn.emb.device)
     unroll = draw_unroll(active, cfg, gen, syn.emb.device)  # window = inner steps: every step keeps a graph
-    pick = torch.randperm(len(pool_emb), generator=gen)[: cfg.outer_batch].to(pool_emb.device)
+    pick = draw_pick(torch.arange(len(pool_emb), device=pool_emb.device), cfg, gen)
     start = {k: v.detach() for k, v in dense_prev.eval().named_parameters()}
     with FlopCounterMode(display=False) as fc:
         meta_gradient(dense_prev, start, syn.detach(), unroll, pool_emb[pick], pool_labels[pick], cfg)
