@@ -8,7 +8,7 @@ import pytest
 import torch
 from engine_support import write_generated_stream
 
-from diet_engine.schema import StreamSchema
+from diet_engine.data.schema import StreamSchema
 
 ML100K_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
@@ -28,7 +28,7 @@ def tiny_stream(tmp_path_factory: pytest.TempPathFactory) -> tuple[StreamSchema,
 def ml100k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not ML100K_RAW.is_dir():
         pytest.fail(f"MovieLens-100K is expected at {ML100K_RAW} (the project's shared data folder)")
-    from diet_engine.convert import convert_ml100k
+    from diet_engine.data.convert.ml_100k import convert_ml100k
 
     out = tmp_path_factory.mktemp("ml100k-engine")
     convert_ml100k(ML100K_RAW, out)

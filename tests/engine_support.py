@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from diet_engine.convert import write_split_dir
-from diet_engine.schema import CategoricalField, NumericField, SplitLayout, StreamSchema
+from diet_engine.data.convert.splits import write_split_dir
+from diet_engine.data.schema import CategoricalField, NumericField, SplitLayout, StreamSchema
 
 
 def tiny_schema(buckets: int = 64) -> StreamSchema:

@@ -23,8 +23,8 @@ from service_support import BOOTSTRAP_TOKEN, REPO, Process, free_port
 from test_e2e import LIGHT_REFERENCE, ROWS
 
 from diet_engine import load_dataset, train_candidate
-from diet_engine.data import TensorBlock
-from diet_engine.training import evaluate
+from diet_engine.data.blocks import TensorBlock
+from diet_engine.train.loops import evaluate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from service_support import (
     worker_process,
 )
 
-from diet_engine.artifacts import load_reference, load_synthetic
+from diet_engine.dataset.artifacts import load_reference, load_synthetic
 from service.registry import migrate
 
 STREAM = "ml_100k"

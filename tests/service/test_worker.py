@@ -10,7 +10,7 @@ import pytest
 from service_support import PARQUET
 from sqlalchemy import update
 
-from diet_engine.distill import StageProgress
+from diet_engine.distill.stage import StageProgress
 from service.registry import jobs
 from service.registry.db import Database
 from service.registry.tables import Stream, utcnow

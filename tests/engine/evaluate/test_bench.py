@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diet_engine.bench import BenchConfig, agreement, gap, run_bench
+from diet_engine.evaluate.bench import BenchConfig, agreement, gap, run_bench
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
 
@@ -103,7 +103,7 @@ def test_tau_b_matches_scipy_with_and_without_ties():
     import numpy as np
     from scipy.stats import kendalltau
 
-    from diet_engine.bench import kendall_tau_b
+    from diet_engine.evaluate.bench import kendall_tau_b
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 4, (200, 5)).astype(float)  # small integers: many ties
@@ -115,7 +115,7 @@ def test_tau_b_matches_scipy_with_and_without_ties():
 
 
 def test_tau_interval_is_a_point_for_identical_candidates_and_widens_with_their_spread():
-    from diet_engine.bench import tau_interval
+    from diet_engine.evaluate.bench import tau_interval
 
     models = ["a", "b", "c", "d"]
     full = {"a": 0.70, "b": 0.69, "c": 0.68, "d": 0.67}

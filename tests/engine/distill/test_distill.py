@@ -4,17 +4,18 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from diet_engine.addressing import address
-from diet_engine.artifacts import load_reference, load_synthetic
-from diet_engine import bilevel
-from diet_engine.bilevel import RowAdam, draw_pick, draw_unroll, inner_unroll, meta_gradient, optimise_memory
+from diet_engine.distill.addressing import address
+from diet_engine.dataset.artifacts import load_reference, load_synthetic
+from diet_engine.distill import bilevel
+from diet_engine.distill.bilevel import RowAdam, optimise_memory
+from diet_engine.distill.unroll import draw_pick, draw_unroll, inner_unroll, meta_gradient
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.distill import distill_stage, memory_budget
-from diet_engine.influence import Influence
-from diet_engine.memory import fuse, fusion_weights, reanchor
+from diet_engine.distill.stage import distill_stage, memory_budget
+from diet_engine.distill.influence import Influence
+from diet_engine.distill.memory import fuse, fusion_weights, reanchor
 from diet_engine.models import ModelConfig, build_model
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import bce, soft_targets
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import bce, soft_targets
 
 from engine_support import tiny_schema
 

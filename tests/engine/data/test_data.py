@@ -6,9 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from diet_engine.convert import ML100K_SPLITS, load_split_dir
-from diet_engine.data import DataError, ParquetBlock, TensorBlock, block_stats, check_arrow_schema
-from diet_engine.hashing import hash_column, hash_value
+from diet_engine.data.convert.ml_100k import ML100K_SPLITS
+from diet_engine.data.convert.splits import load_split_dir
+from diet_engine.data.blocks import DataError, ParquetBlock, TensorBlock, block_stats, check_arrow_schema
+from diet_engine.data.hashing import hash_column, hash_value
 
 from engine_support import generated_log, tiny_schema
 

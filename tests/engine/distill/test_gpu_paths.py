@@ -8,12 +8,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from diet_engine import meta_graph
-from diet_engine.bilevel import optimise_memory
+from diet_engine.distill import meta_graph
+from diet_engine.distill.bilevel import optimise_memory
 from diet_engine.config import DistillConfig
-from diet_engine.metrics import mean_auc_torch, roc_auc_torch
+from diet_engine.train.metrics import mean_auc_torch, roc_auc_torch
 from diet_engine.models import ModelConfig, build_model
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.data.synthetic import SyntheticSet
 
 from engine_support import tiny_schema
 
@@ -99,10 +99,10 @@ def test_torch_auc_equals_sklearn_with_ties_and_one_class():
 
 def test_boundary_memory_embeds_only_the_chosen_rows_with_embed_rows_values():
     """Scoring from logits alone and embedding the chosen rows gives what embedding the whole block did."""
-    from diet_engine.boundary import boundary_select
-    from diet_engine.data import TensorBlock
-    from diet_engine.distill import boundary_memory
-    from diet_engine.training import el2n_scores, embed_rows
+    from diet_engine.distill.boundary import boundary_select
+    from diet_engine.data.blocks import TensorBlock
+    from diet_engine.distill.stage import boundary_memory
+    from diet_engine.train.loops import el2n_scores, embed_rows
 
     torch.manual_seed(0)
     model = build_model("dcn", tiny_schema(), SMALL).eval()
@@ -118,8 +118,8 @@ def test_boundary_memory_embeds_only_the_chosen_rows_with_embed_rows_values():
 
 
 def test_same_device_and_blocks_moved_once():
-    from diet_engine.data import TensorBlock, same_device
-    from diet_engine.training import on_device
+    from diet_engine.data.blocks import TensorBlock, same_device
+    from diet_engine.train.loops import on_device
 
     assert same_device("cpu", torch.device("cpu"))
     block = TensorBlock(torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 1), torch.zeros(4, 2), torch.arange(4))
@@ -148,7 +148,7 @@ def _beside_sparse_adam(make, rows: int, width: int, touched: int, batch: int, s
 
 def test_sync_free_sparse_adam_makes_sparse_adams_updates():
     """Same lazy Adam as torch's SparseAdam (rows repeated within a batch, rows never touched) over several steps."""
-    from diet_engine.rowwise_adam import SyncFreeSparseAdam
+    from diet_engine.train.rowwise_adam import SyncFreeSparseAdam
 
     a, _, b, opt_b = _beside_sparse_adam(lambda p: SyncFreeSparseAdam(p, lr=0.05, fused=False), 50, 6, 20, 64, 6)
     assert torch.allclose(a, b, atol=1e-6)
@@ -159,8 +159,8 @@ def test_sync_free_sparse_adam_makes_sparse_adams_updates():
 
 def test_sparse_adam_moments_saved_on_one_device_continue_in_the_sync_free_one():
     """A checkpoint's SparseAdam moments (CPU stage) carry on in SyncFreeSparseAdam (GPU stage) unchanged."""
-    from diet_engine.rowwise_adam import SyncFreeSparseAdam
-    from diet_engine.training import Optimizers, load_optimizer_tensors, optimizer_tensors
+    from diet_engine.train.rowwise_adam import SyncFreeSparseAdam
+    from diet_engine.train.loops import Optimizers, load_optimizer_tensors, optimizer_tensors
 
     torch.manual_seed(0)
     a = torch.nn.Embedding(30, 4, sparse=True)
@@ -186,8 +186,8 @@ def test_sparse_adam_moments_saved_on_one_device_continue_in_the_sync_free_one()
 def test_two_references_continued_from_one_checkpoint_start_from_the_same_moments():
     """Continuing twice from one checkpoint (as bench variants do) must not let the first run move its moments."""
     from diet_engine.config import ReferenceConfig
-    from diet_engine.data import TensorBlock
-    from diet_engine.reference import continue_reference, new_reference
+    from diet_engine.data.blocks import TensorBlock
+    from diet_engine.train.reference import continue_reference, new_reference
 
     schema = tiny_schema()
     cfg = ReferenceConfig(arch=SMALL)
@@ -205,7 +205,7 @@ def test_two_references_continued_from_one_checkpoint_start_from_the_same_moment
 def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
     """The Triton path (run by Triton's interpreter on the CPU) against SparseAdam: repeated rows, untouched rows."""
     pytest.importorskip("triton")
-    from diet_engine import rowwise_adam
+    from diet_engine.train import rowwise_adam
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     rowwise_adam._update_kernel.cache_clear()
@@ -224,7 +224,7 @@ def test_fused_rowwise_adam_makes_sparse_adams_updates(monkeypatch):
 def test_graphed_soft_epochs_make_the_eager_epochs_updates(monkeypatch):
     """train_soft_epoch with its steps 'replayed' (captured steps rerun eagerly) draws the same batches and
     ends at the same weights as the eager loop; the first step of a batch size runs eagerly, later ones replay."""
-    from diet_engine import training
+    from diet_engine.train import loops as training
 
     class Replayed:
         def __init__(self, fn, warmup):

@@ -1,8 +1,8 @@
 import torch
 
-from diet_engine.artifacts import load_embedding_tables, load_reference, load_synthetic, save_reference, save_synthetic
+from diet_engine.dataset.artifacts import load_embedding_tables, load_reference, load_synthetic, save_reference, save_synthetic
 from diet_engine.models import ModelConfig, build_model
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.data.synthetic import SyntheticSet
 
 from engine_support import tiny_schema
 

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from diet_engine.bench import Splits
-from diet_engine.candidate import train_candidate
+from diet_engine.evaluate.bench import Splits
+from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
-from diet_engine.reference import continue_reference, new_reference
-from diet_engine.selection import selected_rows
-from diet_engine.training import evaluate
+from diet_engine.train.reference import continue_reference, new_reference
+from diet_engine.evaluate.selection import selected_rows
+from diet_engine.train.loops import evaluate
 
 ARCH = ModelConfig(embedding_dim=8, hidden=[16], n_experts=2, expert_dim=8, tower_hidden=[8])
 

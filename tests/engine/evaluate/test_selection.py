@@ -1,9 +1,9 @@
 import torch
 
-from diet_engine.boundary import boundary_select, label_groups, percentile_window, split_budget
-from diet_engine.selection import select_kmeans, select_random
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import el2n_scores
+from diet_engine.distill.boundary import boundary_select, label_groups, percentile_window, split_budget
+from diet_engine.evaluate.selection import select_kmeans, select_random
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import el2n_scores
 
 
 def test_el2n_is_the_l2_norm_over_tasks():

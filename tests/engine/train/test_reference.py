@@ -2,12 +2,12 @@
 
 import torch
 
-from diet_engine.artifacts import load_reference, save_reference
+from diet_engine.dataset.artifacts import load_reference, save_reference
 from diet_engine.config import ReferenceConfig
-from diet_engine.data import TensorBlock
+from diet_engine.data.blocks import TensorBlock
 from diet_engine.models import ModelConfig
-from diet_engine.reference import continue_reference, new_reference
-from diet_engine.training import copy_to, generator, make_optimizer, train_real_epoch
+from diet_engine.train.reference import continue_reference, new_reference
+from diet_engine.train.loops import copy_to, generator, make_optimizer, train_real_epoch
 
 ARCH = ModelConfig(embedding_dim=4, hidden=[8], n_experts=2, expert_dim=4, tower_hidden=[4])
 

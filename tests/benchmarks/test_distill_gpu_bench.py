@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "distill_gpu.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "distill_gpu.py"
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from diet_engine import convert_csv
-from diet_engine.bench import BenchConfig, run_bench
+from diet_engine.data.convert import csv_log as convert_csv
+from diet_engine.evaluate.bench import BenchConfig, run_bench
 from diet_engine.cli import app
 from diet_engine.config import CandidateConfig, ReferenceConfig
-from diet_engine.convert import ConvertError, TimeSplits, load_split_dir
-from diet_engine.convert_csv import LabelRule, convert_log, epoch_seconds
-from diet_engine.data import TensorBlock, block_stats
+from diet_engine.data.convert.splits import ConvertError, TimeSplits, load_split_dir
+from diet_engine.data.convert.csv_log import LabelRule, convert_log, epoch_seconds
+from diet_engine.data.blocks import TensorBlock, block_stats
 from diet_engine.models import ModelConfig
 
 SPEC = "history=2024-01-01,2024-01-11,2024-01-21;subsequent=2024-02-01;valid=2024-02-08;test=2024-02-15;end=2024-02-22"

@@ -13,7 +13,7 @@ from diet_engine.models.dcnv2 import CrossNetMix, CrossNetV2, DCNv2
 from diet_engine.models.finalmlp import InteractionAggregation
 from diet_engine.models.finalnet import FieldGate, FinalLinear, FinalNet
 from diet_engine.models.wukong import Wukong, WukongLayer
-from diet_engine.schema import CategoricalField, NumericField, StreamSchema
+from diet_engine.data.schema import CategoricalField, NumericField, StreamSchema
 
 NAMES = sorted(MODELS)
 B = 16

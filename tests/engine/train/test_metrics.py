@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from diet_engine.metrics import task_metrics
+from diet_engine.train.metrics import task_metrics
 
 
 def test_auc_and_logloss_against_hand_computed_values():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from browser_support import keep_copy, plot_pixels, screenshot
 
-from diet_engine.artifacts import save_synthetic
-from diet_engine.bench import BenchConfig, run_bench
+from diet_engine.dataset.artifacts import save_synthetic
+from diet_engine.evaluate.bench import BenchConfig, run_bench
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
-from diet_engine.report import dataset_report, render, soft_label_rates, synthetic_label_rates
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.evaluate.report import dataset_report, render, soft_label_rates, synthetic_label_rates
+from diet_engine.data.synthetic import SyntheticSet
 
 
 def test_soft_label_rates_are_mean_sigmoids_per_stage_of_origin():

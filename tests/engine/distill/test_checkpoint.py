@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from diet_engine.artifacts import REFERENCE, SYNTHETIC, reference_info
-from diet_engine.checkpoint import LOOP_CHECKPOINT, REFERENCE_CHECKPOINT, StageCheckpoint
+from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC, reference_info
+from diet_engine.distill.checkpoint import LOOP_CHECKPOINT, REFERENCE_CHECKPOINT, StageCheckpoint
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.distill import StageProgress, distill_stage
+from diet_engine.distill.stage import StageProgress, distill_stage
 from diet_engine.models import ModelConfig
 
 SMALL = ModelConfig(embedding_dim=4, hidden=[8], n_experts=2, expert_dim=4, tower_hidden=[4])
@@ -78,7 +78,7 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(tiny_stream, tmp_path):
 def test_reference_artifacts_have_the_same_bytes_in_every_process(tmp_path):
     """safetensors writes its metadata in hash order, which differs per process; ours is sorted."""
     script = (
-        "import sys, torch; from diet_engine.artifacts import save_reference; "
+        "import sys, torch; from diet_engine.dataset.artifacts import save_reference; "
         "from diet_engine.models import build_model, ModelConfig; sys.path.insert(0, 'tests'); "
         "from engine_support import tiny_schema; torch.manual_seed(0); arch = ModelConfig(embedding_dim=4, hidden=[8]); "
         "save_reference(__import__('pathlib').Path(sys.argv[1]), build_model('dcn', tiny_schema(), arch), arch, 2, 99)"
