@@ -23,7 +23,7 @@ def convert_ml100k_cmd(
     out: Path = typer.Option(..., help="directory to write schema.json and the split files to"),
 ) -> None:
     """MovieLens-100K by the project's protocol: tasks like/love, stages b1-b3, subsequent, valid, test."""
-    from diet_engine.convert import convert_ml100k, is_ml100k_dir
+    from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
 
     if not is_ml100k_dir(src):
         raise typer.BadParameter(f"{src} has no u.data/u.user/u.item", param_hint="--src")
@@ -50,8 +50,8 @@ def convert_csv_cmd(
     overwrite: bool = typer.Option(False, help="replace OUT if it exists (only once the new one is complete)"),
 ) -> None:
     """Any interaction log, streamed in record batches: labels from expressions, stages cut by time."""
-    from diet_engine.convert import ConvertError, utc_text
-    from diet_engine.convert_csv import convert_log
+    from diet_engine.data.convert.splits import ConvertError, utc_text
+    from diet_engine.data.convert.csv_log import convert_log
 
     try:
         with console.status("converting…") as status:
@@ -93,7 +93,7 @@ def bench(
     config: Path | None = typer.Option(None, help="JSON with reference/candidate/distill overrides"),
 ) -> None:
     """Train every (method, model) cell, test it, print the table and write results.json."""
-    from diet_engine.bench import BenchConfig, run_bench
+    from diet_engine.evaluate.bench import BenchConfig, run_bench
 
     extra = {"candidate_repeats": candidate_repeats, **(json.loads(config.read_text()) if config else {})}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
@@ -109,7 +109,7 @@ def bench(
 
 
 def results_table(result: dict, models: list[str]) -> Table:
-    from diet_engine.report import tau_text
+    from diet_engine.evaluate.report import tau_text
     seeds = len(result["seeds"])
     table = Table(title=f"{result['dataset']}: test AUC / LogLoss (ratio {result['ratio']:.2%}, {seeds} seed(s))")
     table.add_column("method")

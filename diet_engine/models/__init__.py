@@ -10,7 +10,7 @@ from diet_engine.models.dcnv2 import DCNv2
 from diet_engine.models.finalmlp import FinalMLP
 from diet_engine.models.finalnet import FinalNet
 from diet_engine.models.wukong import Wukong
-from diet_engine.schema import StreamSchema
+from diet_engine.data.schema import StreamSchema
 
 MODELS: dict[str, type[Backbone]] = {
     "dcn": DCN,

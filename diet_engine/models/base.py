@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from diet_engine.schema import StreamSchema
+from diet_engine.data.schema import StreamSchema
 
 
 class ModelConfig(BaseModel):

@@ -1,4 +1,4 @@
-"""The bi-level meta-gradient of bilevel.py replayed from CUDA graphs (`DistillConfig.cuda_graph`).
+"""The bi-level meta-gradient of unroll.py replayed from CUDA graphs (`DistillConfig.cuda_graph`).
 
 Eagerly, one outer iteration is thousands of small kernels (20 inner steps of a
 few hundred rows, each a forward, a backward and, in the window, a double
@@ -19,7 +19,7 @@ captured once and replayed:
   same tensors are read at every round.
 
 The random draws (unroll length, batch order, outer batch) are the eager
-loop's own (`bilevel.draw_unroll`, `bilevel.draw_pick`), so a run sees the
+loop's own (`unroll.draw_unroll`, `unroll.draw_pick`), so a run sees the
 same batches as the eager loop; values agree with it up to float rounding.
 A capture that fails (an op that cannot be captured, too little memory) warns
 once and the caller falls back to the eager loop.
@@ -29,19 +29,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from diet_engine.config import DistillConfig
-from diet_engine.influence import Params
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import bce, capture_graph, soft_targets
+from diet_engine.distill.influence import Params
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.distill.unroll import Unroll
+from diet_engine.train.loops import bce, capture_graph, soft_targets
 
-if TYPE_CHECKING:
-    from diet_engine.bilevel import Unroll  # bilevel imports this module
 
 
 class GraphedMetaGradient:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import torch
 
 from diet_engine.config import CandidateConfig, TrainConfig
-from diet_engine.data import Block, TensorBlock
+from diet_engine.data.blocks import Block, TensorBlock
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel
-from diet_engine.schema import StreamSchema
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.metrics import mean_auc_torch, task_metrics
-from diet_engine.training import generator, make_optimizer, predict_logits, train_real_epoch, train_soft_epoch
+from diet_engine.data.schema import StreamSchema
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.metrics import mean_auc_torch, task_metrics
+from diet_engine.train.loops import generator, make_optimizer, predict_logits, train_real_epoch, train_soft_epoch
 
 
 @dataclass

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diet_engine.influence import Influence
+from diet_engine.distill.influence import Influence
 from diet_engine.models.base import CTRModel
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import EVAL_BATCH, soft_targets
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import EVAL_BATCH, soft_targets
 
 
 def fusion_weights(influence: Influence, history: SyntheticSet, new_emb: Tensor, new_labels: Tensor, temperature: float = 1.0) -> Tensor:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diet_engine.config import TrainConfig
-from diet_engine.data import Block, TensorBlock, same_device
-from diet_engine.metrics import TaskMetrics, task_metrics
+from diet_engine.data.blocks import Block, TensorBlock, same_device
+from diet_engine.train.metrics import TaskMetrics, task_metrics
 from diet_engine.models.base import CTRModel
-from diet_engine.rowwise_adam import SyncFreeSparseAdam
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.train.rowwise_adam import SyncFreeSparseAdam
+from diet_engine.data.synthetic import SyntheticSet
 
 EVAL_BATCH = 8192
 

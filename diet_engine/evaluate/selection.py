@@ -13,11 +13,11 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.metrics import pairwise_distances_argmin
 from torch import Tensor
 
-from diet_engine.boundary import boundary_select
-from diet_engine.data import TensorBlock
+from diet_engine.distill.boundary import boundary_select
+from diet_engine.data.blocks import TensorBlock
 from diet_engine.models.base import CTRModel
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import el2n_scores, embed_rows
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import el2n_scores, embed_rows
 
 SELECTION_METHODS = ("random", "el2n", "kmeans")
 

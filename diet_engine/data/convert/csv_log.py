@@ -34,8 +34,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from diet_engine.convert import PARQUET_COMPRESSION, ConvertError, TimeSplits, utc_text, write_schema
-from diet_engine.schema import CategoricalField, NumericField, StreamSchema
+from diet_engine.data.convert.splits import PARQUET_COMPRESSION, ConvertError, TimeSplits, utc_text, write_schema
+from diet_engine.data.schema import CategoricalField, NumericField, StreamSchema
 
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 CSV_BLOCK_BYTES = 4 << 20

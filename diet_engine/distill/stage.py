@@ -19,19 +19,19 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
-from diet_engine.bilevel import optimise_memory
-from diet_engine.boundary import boundary_select
-from diet_engine.checkpoint import StageCheckpoint, fingerprint
+from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
+from diet_engine.distill.bilevel import optimise_memory
+from diet_engine.distill.boundary import boundary_select
+from diet_engine.distill.checkpoint import StageCheckpoint, fingerprint
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.data import TensorBlock, same_device
-from diet_engine.influence import Influence
-from diet_engine.memory import fuse, fusion_weights, reanchor
+from diet_engine.data.blocks import TensorBlock, same_device
+from diet_engine.distill.influence import Influence
+from diet_engine.distill.memory import fuse, fusion_weights, reanchor
 from diet_engine.models.base import CTRModel
-from diet_engine.reference import continue_reference, new_reference
-from diet_engine.schema import StreamSchema
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import EVAL_BATCH, copy_to, el2n_scores, lookup_rows, predict_logits
+from diet_engine.train.reference import continue_reference, new_reference
+from diet_engine.data.schema import StreamSchema
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import EVAL_BATCH, copy_to, el2n_scores, lookup_rows, predict_logits
 
 STAGE_JSON = "stage.json"
 

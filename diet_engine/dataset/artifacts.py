@@ -28,8 +28,8 @@ from safetensors.torch import save as safetensors_bytes
 
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel, ModelConfig
-from diet_engine.schema import StreamSchema
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.data.schema import StreamSchema
+from diet_engine.data.synthetic import SyntheticSet
 
 SYNTHETIC = "synthetic.parquet"
 REFERENCE = "reference.safetensors"

@@ -3,7 +3,7 @@
     ds = load_dataset("ml_100k-v3")                       # what `diet datasets pull` wrote
     run = train_candidate("dcnv2", "ml_100k-v3", "subsequent.parquet", "valid.parquet")
 
-`train_candidate` is the paper's protocol (diet_engine.candidate): inherit the reference
+`train_candidate` is the paper's protocol (diet_engine.train.candidate): inherit the reference
 embedding tables, train the dense part on the distilled rows (soft labels, best epoch on
 validation), then fine-tune the whole model on the subsequent block.
 """
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from diet_engine import candidate
-from diet_engine.artifacts import REFERENCE, SYNTHETIC, load_embedding_tables, load_synthetic, reference_info
+from diet_engine.train import candidate
+from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC, load_embedding_tables, load_synthetic, reference_info
 from diet_engine.config import CandidateConfig
-from diet_engine.data import Block, ParquetBlock, TensorBlock
+from diet_engine.data.blocks import Block, ParquetBlock, TensorBlock
 from diet_engine.models.base import CTRModel
-from diet_engine.schema import StreamSchema
+from diet_engine.data.schema import StreamSchema
 
 MANIFEST = "manifest.json"
 

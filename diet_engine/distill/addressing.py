@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diet_engine.influence import Influence
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import soft_targets
+from diet_engine.distill.influence import Influence
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import soft_targets
 
 
 @dataclass

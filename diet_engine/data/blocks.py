@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from diet_engine.hashing import hash_column
-from diet_engine.schema import StreamSchema
+from diet_engine.data.hashing import hash_column
+from diet_engine.data.schema import StreamSchema
 
 DEFAULT_READ_ROWS = 65_536
 

@@ -20,19 +20,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from diet_engine.candidate import train_candidate
+from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
-from diet_engine.convert import convert_ml100k, is_ml100k_dir, load_split_dir
-from diet_engine.data import TensorBlock
-from diet_engine.distill import distill_in_memory
+from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
+from diet_engine.data.convert.splits import load_split_dir
+from diet_engine.data.blocks import TensorBlock
+from diet_engine.distill.stage import distill_in_memory
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
-from diet_engine.reference import continue_reference, new_reference
-from diet_engine.report import bench_report, render
-from diet_engine.schema import StreamSchema
-from diet_engine.selection import SELECTION_METHODS, selected_rows
-from diet_engine.synthetic import SyntheticSet
-from diet_engine.training import evaluate
+from diet_engine.train.reference import continue_reference, new_reference
+from diet_engine.evaluate.report import bench_report, render
+from diet_engine.data.schema import StreamSchema
+from diet_engine.evaluate.selection import SELECTION_METHODS, selected_rows
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.train.loops import evaluate
 
 DATA_METHODS = ("full", "cold", "warmup")
 # the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off,

@@ -31,8 +31,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as dump_tensors
 from torch import Tensor, nn
 
-from diet_engine.addressing import Addressing
-from diet_engine.synthetic import SyntheticSet
+from diet_engine.distill.addressing import Addressing
+from diet_engine.data.synthetic import SyntheticSet
 
 REFERENCE_CHECKPOINT = "reference.safetensors"
 LOOP_CHECKPOINT = "loop.safetensors"

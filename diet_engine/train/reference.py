@@ -7,11 +7,11 @@ from collections.abc import Callable
 import torch
 
 from diet_engine.config import ReferenceConfig
-from diet_engine.data import Block
+from diet_engine.data.blocks import Block
 from diet_engine.models import build_model
 from diet_engine.models.base import CTRModel
-from diet_engine.schema import StreamSchema
-from diet_engine.training import copy_to, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, train_real_epoch
+from diet_engine.data.schema import StreamSchema
+from diet_engine.train.loops import copy_to, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, train_real_epoch
 
 
 def new_reference(schema: StreamSchema, cfg: ReferenceConfig) -> CTRModel:

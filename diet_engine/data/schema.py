@@ -23,7 +23,7 @@ class CategoricalField(_Strict):
     """A categorical column, hashed into `buckets` rows of its embedding table.
 
     Row 0 is reserved for missing values; every other value lands in
-    1..buckets-1 (see `diet_engine.hashing`).
+    1..buckets-1 (see `diet_engine.data.hashing`).
     """
 
     name: Name

@@ -1,0 +1,1 @@
+"""Evaluation: selection baselines, the benchmark of methods x candidates, its statistics and HTML report."""
