@@ -39,22 +39,23 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diet_engine.addressing import address  # noqa: E402
-from diet_engine.bilevel import draw_pick, draw_unroll, meta_gradient, optimise_memory  # noqa: E402
-from diet_engine.candidate import train_candidate  # noqa: E402
+from diet_engine.distill.addressing import address  # noqa: E402
+from diet_engine.distill.bilevel import optimise_memory  # noqa: E402
+from diet_engine.distill.unroll import draw_pick, draw_unroll, meta_gradient  # noqa: E402
+from diet_engine.train.candidate import train_candidate  # noqa: E402
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig, TrainConfig  # noqa: E402
-from diet_engine.data import TensorBlock  # noqa: E402
-from diet_engine.distill import boundary_memory, memory_budget, module_on, target_pool  # noqa: E402
-from diet_engine.influence import Influence  # noqa: E402
-from diet_engine.memory import fuse, fusion_weights, reanchor  # noqa: E402
-from diet_engine.metrics import mean_auc_torch  # noqa: E402
+from diet_engine.data.blocks import TensorBlock  # noqa: E402
+from diet_engine.distill.stage import boundary_memory, memory_budget, module_on, target_pool  # noqa: E402
+from diet_engine.distill.influence import Influence  # noqa: E402
+from diet_engine.distill.memory import fuse, fusion_weights, reanchor  # noqa: E402
+from diet_engine.train.metrics import mean_auc_torch  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
-from diet_engine.reference import continue_reference, new_reference  # noqa: E402
-from diet_engine.schema import CategoricalField, StreamSchema  # noqa: E402
-from diet_engine.synthetic import SyntheticSet  # noqa: E402
-from diet_engine import rowwise_adam  # noqa: E402
-from diet_engine.training import (  # noqa: E402
+from diet_engine.train.reference import continue_reference, new_reference  # noqa: E402
+from diet_engine.data.schema import CategoricalField, StreamSchema  # noqa: E402
+from diet_engine.data.synthetic import SyntheticSet  # noqa: E402
+from diet_engine.train import rowwise_adam  # noqa: E402
+from diet_engine.train.loops import (  # noqa: E402
     bce, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, predict_logits, train_real_epoch,
 )
 
@@ -267,7 +268,7 @@ def launch_counts(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, 
 
     Differences of two run lengths, so one-off work (optimiser set-up, the epoch's shuffle) drops out.
     """
-    from diet_engine.training import generator, train_real_epoch
+    from diet_engine.train.loops import generator, train_real_epoch
 
     model = copy.deepcopy(ref).to(device)
     opt = make_optimizer(model, ref_cfg.train)
@@ -430,7 +431,7 @@ def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb,
     """torch.profiler over 20 reference steps and 3 eager outer iterations: top kernels and launch counts."""
     from torch.profiler import ProfilerActivity, profile
 
-    from diet_engine.training import generator, train_real_epoch
+    from diet_engine.train.loops import generator, train_real_epoch
 
     res = {}
     small = block.take(torch.arange(min(len(block), 20 * ref_cfg.train.batch_size))).to(device)

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diet_engine.bench import mean_known, summarise  # noqa: E402
+from diet_engine.evaluate.bench import mean_known, summarise  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from diet_engine.data import BlockStats, DataError, block_stats
-from diet_engine.schema import StreamSchema
+from diet_engine.data.blocks import BlockStats, DataError, block_stats
+from diet_engine.data.schema import StreamSchema
 from service.parquet_guard import DecodeLimits, check_decoded_size
 from service.problems import Problem
 from service.registry import blocks

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diet_engine.data import DEFAULT_READ_ROWS
+from diet_engine.data.blocks import DEFAULT_READ_ROWS
 from service.problems import Problem
 
 # The engine holds one read batch (DEFAULT_READ_ROWS rows) of the schema columns at a time.

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from diet_engine.distill import StageProgress
+from diet_engine.distill.stage import StageProgress
 from service.registry import jobs
 from service.registry.db import Database
 

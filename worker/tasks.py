@@ -1,6 +1,6 @@
 """The distill task: job row -> engine (`distill_stage`) -> artifacts in storage -> dataset version.
 
-The stage checkpoints its progress (diet_engine.checkpoint) and each checkpoint
+The stage checkpoints its progress (diet_engine.distill.checkpoint) and each checkpoint
 file is copied to storage under `checkpoints/<stream>/job-<id>/`, so the next
 attempt at a job, on any worker, resumes where the last one stopped (the
 fingerprint in the files makes sure it computes the same bytes). Artifacts are
@@ -28,12 +28,12 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from diet_engine.artifacts import REFERENCE, SYNTHETIC
-from diet_engine.checkpoint import FILES as CHECKPOINT_FILES
-from diet_engine.checkpoint import StageCheckpoint
+from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC
+from diet_engine.distill.checkpoint import FILES as CHECKPOINT_FILES
+from diet_engine.distill.checkpoint import StageCheckpoint
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.distill import StageResult, distill_stage
-from diet_engine.schema import StreamSchema
+from diet_engine.distill.stage import StageResult, distill_stage
+from diet_engine.data.schema import StreamSchema
 from service.manifest import MANIFEST, manifest
 from service.registry import datasets, jobs, streams
 from service.registry.db import Database

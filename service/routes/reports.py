@@ -1,6 +1,6 @@
 """GET /datasets/{version}/report: a version's HTML page (lineage, sizes, label balance, loss curves).
 
-The page is drawn by diet_engine.report from the registry (the version and its parents, the
+The page is drawn by diet_engine.evaluate.report from the registry (the version and its parents, the
 blocks' label rates) and the version's synthetic.parquet, of which only the stage and logit
 columns are read.
 """
@@ -12,8 +12,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
-from diet_engine.artifacts import SYNTHETIC
-from diet_engine.report import dataset_report, render, synthetic_label_rates
+from diet_engine.dataset.artifacts import SYNTHETIC
+from diet_engine.evaluate.report import dataset_report, render, synthetic_label_rates
 from service.auth import require
 from service.deps import DatabaseDep, StorageDep
 from service.manifest import manifest

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.models import MODELS
-from diet_engine.schema import NAME, StreamSchema
+from diet_engine.data.schema import NAME, StreamSchema
 from service.auth import require
 from service.deps import SessionDep
 from service.problems import Problem
