@@ -1,11 +1,12 @@
 """Run several `diet bench` configurations × seeds as parallel processes and compare them.
 
-    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0]
+    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0] [--pool p15]
 
 SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`.
 Each (name, seed) runs as its own single-threaded process; results are merged per
-name into the bench's summary (means over seeds, Kendall τ, gap recovered), printed
-as one table of mean AUC per method and written to OUT/sweep.json.
+name into the bench's summary (bench.summarise: means over seeds and the fidelity
+statistics of evaluate/fidelity.py, exactly as one multi-seed `diet bench` computes them),
+printed as one table per method and written to OUT/sweep.json.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diet_engine.evaluate.bench import mean_known, summarise  # noqa: E402
+from diet_engine.evaluate.report import interval_text, share_text, signed_text  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 
 
 TIMEOUT_S = float(os.environ.get("SWEEP_JOB_TIMEOUT_S", "3600"))
 
 
-def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str) -> tuple[str, int, Path, float, int]:
+def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str, pool: str) -> tuple[str, int, Path, float, int]:
     run_dir = out / f"{name}-s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     cfg_file.write_text(json.dumps(spec.get("config", {})))
     cmd = [sys.executable, "-m", "diet_engine", "bench", "--data", str(data), "--out", str(run_dir),
-           "--methods", spec["methods"], "--models", models, "--seed", str(seed), "--seeds", "1",
+           "--methods", spec["methods"], "--models", models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
            "--ratio", str(spec.get("ratio", 0.02)), "--config", str(cfg_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DIET_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -47,24 +49,59 @@ def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str
     return name, seed, run_dir, time.perf_counter() - t0, rc
 
 
-def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
-    methods = list(runs[0][1]["results"])
-    cells = {m: {k: [] for k in models} for m in methods}
-    for _, res in sorted(runs, key=lambda r: r[0]):
+def merge(runs: list[tuple[int, dict]]) -> dict:
+    """One-seed results.json files of the same configuration merged as one multi-seed bench run would
+    summarise them: the cells of every seed, then bench.summarise."""
+    runs = sorted(runs, key=lambda r: r[0])
+    first = runs[0][1]
+    methods = list(first["results"])
+    candidates = first.get("candidates") or list(first["config"]["models"])
+    cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in candidates} for m in methods}
+    for _, res in runs:
         for m in methods:
-            for k in models:
+            for k in candidates:
                 c = res["results"][m][k]
-                cells[m][k].append({"auc": c["auc"], "logloss": c["logloss"], "train_seconds": c["train_seconds"],
-                                    "history_rows": c["history_rows"],
-                                    "auc_repeats": c.get("auc_repeats", [[c["auc"]]])[0],  # one seed a run
-                                    "distilled_valid_auc": [c.get("distilled_valid_auc")]})
-    return summarise(cells, methods, models)
+                for s in range(len(c["auc_seeds"])):
+                    cells[m][k].append({
+                        "auc": c["auc_seeds"][s], "logloss": c["logloss_seeds"][s], "train_seconds": c["train_seconds"],
+                        "history_rows": c["history_rows"], "auc_repeats": c.get("auc_repeats", [[c["auc"]]])[s],
+                        "distilled_valid_auc": [c.get("distilled_valid_auc")],
+                        "set_only_auc": c.get("set_only_auc_seeds", [c.get("set_only_auc")])[s],
+                    })  # fmt: skip
+    seeds = [s for _, res in runs for s in res.get("seeds", [])]
+    return {"dataset": first["dataset"], "ratio": first["ratio"], "pool": first.get("pool", "p5"), "seeds": seeds,
+            **summarise(cells, methods, candidates)}
 
 
 def set_valid(row: dict, models: list[str]) -> str:
     """Mean over models of the best validation AUC the set alone gave (methods with a set only)."""
     mean = mean_known(row[m].get("distilled_valid_auc") for m in models)
     return "-" if mean is None else f"{mean:.4f}"
+
+
+def print_summary(name: str, res: dict) -> None:
+    """One line per method: the pool's AUCs, their mean ± std over seeds and the fidelity statistics."""
+    candidates = res["candidates"]
+    print(f"{name} (pool {res['pool'].upper()}, seeds {res['seeds']})")
+    print(f"  {'method':<11}" + " ".join(f"{c:>10}" for c in candidates) + "   mean±std(seeds)   τ [90 %]            "
+          "ρ [90 %]            regret  cold→  warm→  set alone  set valid")
+    for method, row in res["results"].items():
+        n = len(row[candidates[0]]["auc_seeds"])
+        per_seed = [sum(row[c]["auc_seeds"][i] for c in candidates) / len(candidates) for i in range(n)]
+        mean = sum(per_seed) / n
+        std = (sum((x - mean) ** 2 for x in per_seed) / n) ** 0.5
+        alone = res["set_alone"].get(method)
+        print(f"  {method:<11}" + " ".join(f"{row[c]['auc']:10.4f}" for c in candidates)
+              + f"   {mean:.4f}±{std:.4f}   "
+              + f"{interval_text(res['kendall_tau'].get(method), res['kendall_tau_interval'].get(method)):<19} "
+              + f"{interval_text(res['spearman_rho'].get(method), res['spearman_rho_interval'].get(method)):<19} "
+              + f"{res['top1_regret'].get(method, float('nan')):.4f}  "
+              + f"{share_text(res['gap_recovered'].get(method)):>5}  {share_text(res['warmup_gap_recovered'].get(method)):>5}  "
+              + f"{'-' if alone is None else f'{alone:.4f}':>9}  {set_valid(row, candidates):>9}")
+    ceiling = res.get("noise_ceiling")
+    if ceiling:
+        print(f"  noise ceiling (full's own, disjoint halves of the seeds): τ {signed_text(ceiling['kendall_tau'])}, "
+              f"ρ {signed_text(ceiling['spearman_rho'])}")
 
 
 def main() -> int:
@@ -76,12 +113,12 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds-1 (fresh seeds check a choice out of sample)")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--pool", default="p5", choices=["p5", "p15"], help="candidate pool (diet bench --pool)")
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
-    models = args.models.split(",")
     jobs = [(n, s, seed) for n, s in specs.items() for seed in range(args.first_seed, args.first_seed + args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: run_one(j[0], j[1], j[2], args.data, args.out, args.models), jobs))
+        done = list(pool.map(lambda j: run_one(j[0], j[1], j[2], args.data, args.out, args.models, args.pool), jobs))
     merged, failures = {}, []
     for name in specs:
         runs = []
@@ -95,19 +132,11 @@ def main() -> int:
             res["wall_seconds"] = seconds
             runs.append((seed, res))
         if runs:
-            merged[name] = {**merge(runs, models), "wall_seconds": [r["wall_seconds"] for _, r in runs],
+            merged[name] = {**merge(runs), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}
     (args.out / "sweep.json").write_text(json.dumps(merged, indent=2))
-    print(f"{'config':<18} {'method':<8} " + " ".join(f"{m:>9}" for m in models) + "   mean±std(seeds)   tau    gap  set-valid")
     for name, res in merged.items():
-        for method, row in res["results"].items():
-            per_seed = [sum(row[m]["auc_seeds"][i] for m in models) / len(models) for i in range(len(row[models[0]]["auc_seeds"]))]
-            mean = sum(per_seed) / len(per_seed)
-            std = (sum((x - mean) ** 2 for x in per_seed) / len(per_seed)) ** 0.5
-            tau = res["kendall_tau"].get(method, float("nan"))
-            gap = res["gap_recovered"].get(method, float("nan"))
-            print(f"{name:<18} {method:<8} " + " ".join(f"{row[m]['auc']:9.4f}" for m in models)
-                  + f"   {mean:.4f}±{std:.4f}   {tau:+.2f}  {gap:+.2f}  {set_valid(row, models)}")
+        print_summary(name, res)
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

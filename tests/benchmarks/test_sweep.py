@@ -1,0 +1,80 @@
+"""benchmarks/sweep.py: one-seed runs merge into the statistics one multi-seed bench run computes."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diet_engine.evaluate.bench import summarise
+
+SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep.py"
+METHODS = ["full", "cold", "warmup", "random"]
+CANDIDATES = ["dcn-s", "dcn", "dcn-l", "wukong-s", "wukong", "wukong-l"]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell(rng: np.random.Generator, method: str) -> dict:
+    """What bench.run_cell returns for one seed, with made-up numbers."""
+    repeats = (0.7 + rng.normal(0, 0.01, 3)).tolist()
+    has_set = method == "random"
+    return {"auc": float(np.mean(repeats)), "logloss": float(rng.uniform(0.4, 0.6)), "train_seconds": 1.0,
+            "history_rows": 24, "auc_repeats": repeats, "best_epoch": [1], "best_lr": [1e-3],
+            "distilled_valid_auc": [float(rng.uniform(0.6, 0.7))] if has_set else [None],
+            "set_only_auc": float(rng.uniform(0.6, 0.7)) if has_set else None}  # fmt: skip
+
+
+def one_seed_results(cells: dict, seed: int) -> dict:
+    """A bench results.json of one seed, as run_bench writes it."""
+    one = {m: {k: [runs[seed]] for k, runs in per.items()} for m, per in cells.items()}
+    return {"dataset": "tiny", "ratio": 0.05, "pool": "p15", "seeds": [seed], **summarise(one, METHODS, CANDIDATES),
+            "config": {"models": ["dcn", "wukong"]}, "phases": []}
+
+
+def test_merged_one_seed_runs_give_the_statistics_of_one_multi_seed_run(sweep, capsys):
+    rng = np.random.default_rng(0)
+    cells = {m: {k: [cell(rng, m) for _ in range(3)] for k in CANDIDATES} for m in METHODS}
+    expected = summarise(cells, METHODS, CANDIDATES)
+    runs = [(s, json.loads(json.dumps(one_seed_results(cells, s)))) for s in (2, 0, 1)]  # through JSON, any order
+    merged = sweep.merge(runs)
+    assert merged["seeds"] == [0, 1, 2] and merged["pool"] == "p15" and merged["candidates"] == CANDIDATES
+    for key in ("mean_auc", "kendall_tau", "kendall_tau_interval", "spearman_rho", "spearman_rho_interval",
+                "interval_widened", "top1", "top1_regret", "gap_recovered", "warmup_gap_recovered", "noise_ceiling",
+                "kendall_tau_seeds", "set_alone", "best_reduced"):
+        assert merged[key] == pytest.approx(expected[key]) if isinstance(expected[key], float) else merged[key] == expected[key], key
+    for m in METHODS:
+        for k in CANDIDATES:
+            ours, theirs = merged["results"][m][k], expected["results"][m][k]
+            for field in ("auc_seeds", "auc_repeats", "set_only_auc_seeds", "history_rows"):
+                assert ours[field] == theirs[field], field
+            for field in ("auc", "auc_std", "logloss", "set_only_auc", "distilled_valid_auc"):
+                assert (ours[field] is None and theirs[field] is None) or ours[field] == pytest.approx(theirs[field]), field
+    assert merged["noise_ceiling"]["splits"] == 3 and merged["set_alone"]["random"] is not None
+    sweep.print_summary("cfg", merged)
+    out = capsys.readouterr().out
+    assert "cfg (pool P15, seeds [0, 1, 2])" in out and "noise ceiling" in out and "dcn-l" in out
+
+
+def test_sweep_runs_its_seeds_as_bench_processes_with_the_pool(sweep, tiny_stream, tmp_path, monkeypatch):
+    _, root = tiny_stream
+    arch = {"embedding_dim": 8, "hidden": [16], "n_experts": 2, "expert_dim": 8, "tower_hidden": [8]}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"small": {"methods": "full,cold", "ratio": 0.05, "config": {
+        "candidate_repeats": 1, "reference": {"arch": arch}, "candidate": {"arch": arch, "distilled_epochs": 1}}}}))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", str(spec), "--data", str(root), "--out", str(tmp_path / "out"),
+                                      "--jobs", "2", "--seeds", "2", "--models", "dcn", "--pool", "p15"])
+    assert sweep.main() == 0
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())["small"]
+    assert saved["candidates"] == ["dcn-s", "dcn", "dcn-l"] and saved["seeds"] == [0, 1]
+    assert saved["kendall_tau"]["full"] == 1.0 and saved["noise_ceiling"]["splits"] == 1
+    per_seed = [json.loads((tmp_path / "out" / f"small-s{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["results"]["cold"]["dcn-l"]["auc"] for r in per_seed] == saved["results"]["cold"]["dcn-l"]["auc_seeds"]
