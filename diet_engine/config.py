@@ -113,3 +113,6 @@ class CandidateConfig(_Config):
     distilled_lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1)
     # flatter soft labels: on ML-100K T=2 helped every reduced-data method (3-seed sweep)
     temperature: float = Field(default=2.0, gt=0)
+    # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;
+    # the one best on validation is kept (the same rule for every method that fine-tunes). None: `train.lr`
+    finetune_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
