@@ -37,7 +37,7 @@ def select_el2n(rows: SyntheticSet, labels: Tensor, k: int, percentile: float = 
 
 def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
     """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid."""
-    x = rows.emb.reshape(len(rows), -1).numpy().astype(np.float64)
+    x = rows.emb.reshape(len(rows), -1).cpu().numpy().astype(np.float64)
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=4096, max_iter=50).fit(x)
     nearest = pairwise_distances_argmin(km.cluster_centers_, x)
     return torch.from_numpy(np.unique(nearest)).long()
