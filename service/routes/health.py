@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 from service.auth import require
 from service.deps import MetricsDep
 from service.problems import Problem
-from worker.queue import ping_broker
+from service.queue import ping_broker
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)

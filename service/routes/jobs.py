@@ -21,7 +21,7 @@ from service.problems import Problem
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
 from service.routes.streams import find_stream
-from worker.queue import enqueue
+from service.queue import enqueue
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger(__name__)
