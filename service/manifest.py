@@ -1,4 +1,4 @@
-"""The manifest of a dataset version: what the API returns and what `manifest.json` holds.
+"""The manifest of a dataset version (diet_client.models.Manifest) made from its registry row.
 
 `manifest.json` cannot carry its own sha256, so the stored file lists the two
 data artifacts, and the API's answer adds `manifest.json` itself (with the
@@ -7,11 +7,7 @@ digest of the stored bytes, which is also its ETag).
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
-from pydantic import BaseModel
-
+from diet_client.models import Artifact, Manifest
 from service.registry.tables import DatasetVersion
 
 MANIFEST = "manifest.json"
@@ -20,39 +16,6 @@ MEDIA_TYPES = {
     "reference.safetensors": "application/octet-stream",
     MANIFEST: "application/json",
 }
-
-
-class Artifact(BaseModel):
-    name: str
-    bytes: int
-    sha256: str
-    url: str  # path on this service
-
-
-class BlockRef(BaseModel):
-    id: int
-    stage: int
-    sha256: str
-    rows: int
-
-
-class Manifest(BaseModel):
-    version: str  # STREAM@vN
-    stream: str
-    number: int
-    stage: int
-    parent: str | None  # the stage t-1 version it continued from
-    blocks: list[BlockRef]  # every block it has seen, oldest first
-    rows: int
-    new_rows: int
-    kept_rows: int
-    history_rows: int
-    ratio: float  # rows / history_rows
-    config: dict[str, Any]  # {"reference": ..., "distill": ...} as run
-    metrics: dict[str, Any]
-    artifacts: list[Artifact]
-    job: int
-    created_at: datetime
 
 
 def file_url(label: str, name: str) -> str:

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from diet_client.models import Manifest, Page
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
-from service.manifest import MEDIA_TYPES, Manifest, manifest
-from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
+from service.manifest import MEDIA_TYPES, manifest
+from service.pages import MAX_ID, PageParams, page_out, page_params
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
@@ -41,13 +42,13 @@ def find_version(session: Session, version: str) -> DatasetVersion:
     return found
 
 
-@router.get("/datasets", response_model=PageOut[Manifest], dependencies=[Depends(require("read"))])
+@router.get("/datasets", response_model=Page[Manifest], dependencies=[Depends(require("read"))])
 def list_datasets(
     request: Request,
     session: SessionDep,
     paging: Annotated[PageParams, Depends(page_params)],
     stream: Annotated[str | None, Query()] = None,
-) -> PageOut[Manifest]:
+) -> Page[Manifest]:
     """Versions, newest first."""
     stream_id = find_stream(session, stream).id if stream is not None else None
     page = datasets.page(session, stream_id, paging.limit, paging.offset)
