@@ -8,6 +8,7 @@ digest of the stored bytes, which is also its ETag).
 from __future__ import annotations
 
 from diet_client.models import Artifact, Manifest
+from service.answers import from_row
 from service.registry.tables import DatasetVersion
 
 MANIFEST = "manifest.json"
@@ -24,25 +25,16 @@ def file_url(label: str, name: str) -> str:
 
 def manifest(version: DatasetVersion, *, with_manifest_file: bool = True) -> Manifest:
     label = version.label
-    return Manifest(
+    return from_row(
+        Manifest,
+        version,
         version=label,
         stream=version.stream.name,
-        number=version.number,
-        stage=version.stage,
         parent=version.parent.label if version.parent else None,
-        blocks=version.blocks,
-        rows=version.rows,
-        new_rows=version.new_rows,
-        kept_rows=version.kept_rows,
-        history_rows=version.history_rows,
-        ratio=version.ratio,
-        config=version.config,
-        metrics=version.metrics,
         artifacts=[
             Artifact(name=a["name"], bytes=a["bytes"], sha256=a["sha256"], url=file_url(label, a["name"]))
             for a in version.artifacts
             if with_manifest_file or a["name"] != MANIFEST
         ],
         job=version.job_id,
-        created_at=version.created_at,
     )

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from diet_client import models as wire
 from service import ingest
+from service.answers import from_row
 from service.auth import require
 from service.deps import DatabaseDep, MetricsDep, SessionDep, SettingsDep, StorageDep
 from service.parquet_guard import DecodeLimits
@@ -24,18 +25,7 @@ PARQUET_TYPES = {"application/vnd.apache.parquet", "application/octet-stream"}
 
 
 def block_out(block: Block) -> wire.Block:
-    return wire.Block(
-        id=block.id,
-        stream=block.stream.name,
-        stage=block.stage,
-        sha256=block.sha256,
-        rows=block.rows,
-        bytes=block.bytes,
-        time_min=block.time_min,
-        time_max=block.time_max,
-        label_rates=block.label_rates,
-        created_at=block.created_at,
-    )
+    return from_row(wire.Block, block, stream=block.stream.name)
 
 
 @router.post(

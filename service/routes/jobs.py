@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from diet_client import models as wire
 from diet_engine.config import DistillConfig
+from service.answers import from_row
 from service.auth import require
 from service.deps import CeleryDep, MetricsDep, SessionDep
 from service.pages import MAX_STAGE, Id, PageParams, page_out, page_params
@@ -36,22 +37,13 @@ class DistillRequest(BaseModel):
 
 
 def job_out(job: Job) -> wire.Job:
-    return wire.Job(
-        id=job.id,
+    return from_row(
+        wire.Job,
+        job,
         stream=job.stream.name,
-        stage=job.stage,
-        status=JobStatus(job.status),
-        overrides=job.overrides,
-        config=job.config,
-        progress=wire.Progress.model_validate(job.progress) if job.progress else None,
-        error=job.error,
-        attempts=job.attempts,
+        progress=job.progress or None,
         waits_for=job.after_job_id,
         dataset=job.dataset.label if job.dataset else None,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
     )
 
 

@@ -14,6 +14,7 @@ from diet_client import models as wire
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.models import MODELS
 from diet_engine.data.schema import NAME, StreamSchema
+from service.answers import from_row
 from service.auth import require
 from service.deps import SessionDep
 from service.problems import Problem
@@ -48,14 +49,7 @@ class StreamIn(BaseModel):
 
 
 def stream_out(stream: Stream) -> wire.Stream:
-    return wire.Stream(
-        id=stream.id,
-        name=stream.name,
-        stream_schema=stream.schema_doc,
-        reference=stream.reference,
-        distill=stream.distill,
-        created_at=stream.created_at,
-    )
+    return from_row(wire.Stream, stream, stream_schema=stream.schema_doc)
 
 
 def find_stream(session: Session, name: str) -> Stream:
