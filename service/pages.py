@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, TypeVar
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from diet_client.models import Page
@@ -29,6 +29,9 @@ def page_params(
     offset: Annotated[int, Query(ge=0, le=MAX_ID, description="items to skip")] = 0,
 ) -> PageParams:
     return PageParams(limit=limit, offset=offset)
+
+
+PagingDep = Annotated[PageParams, Depends(page_params)]
 
 
 def page_out(page: paging.Page[object], items: list[T], request: Request) -> Page[T]:

@@ -13,11 +13,11 @@ from service.answers import from_row
 from service.auth import require
 from service.deps import DatabaseDep, MetricsDep, SessionDep, SettingsDep, StorageDep
 from service.parquet_guard import DecodeLimits
-from service.pages import MAX_STAGE, Id, PageParams, page_out, page_params
+from service.pages import MAX_STAGE, Id, PagingDep, page_out
 from service.problems import Problem
 from service.registry import blocks
 from service.registry.tables import Block, Stream
-from service.routes.streams import find_stream
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["blocks"])
 
@@ -80,10 +80,10 @@ async def upload_block(
 def list_blocks(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query(description="only this stream's blocks")] = None,
 ) -> wire.Page[wire.Block]:
-    stream_id = find_stream(session, stream).id if stream is not None else None
+    stream_id = stream_filter(session, stream)
     page = blocks.page(session, stream_id, paging.limit, paging.offset)
     return page_out(page, [block_out(b) for b in page.items], request)
 

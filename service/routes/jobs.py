@@ -17,12 +17,12 @@ from diet_engine.config import DistillConfig
 from service.answers import from_row
 from service.auth import require
 from service.deps import CeleryDep, MetricsDep, SessionDep
-from service.pages import MAX_STAGE, Id, PageParams, page_out, page_params
+from service.pages import MAX_STAGE, Id, PagingDep, page_out
 from service.problems import Problem
 from service.queue import enqueue
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
-from service.routes.streams import find_stream
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -154,11 +154,11 @@ def _same_request(existing: Job, body: DistillRequest, response: Response) -> wi
 def list_jobs(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
 ) -> wire.Page[wire.Job]:
-    stream_id = find_stream(session, stream).id if stream is not None else None
+    stream_id = stream_filter(session, stream)
     page = jobs.page(session, stream_id, status.value if status else None, paging.limit, paging.offset)
     return page_out(page, [job_out(j) for j in page.items], request)
 

@@ -52,6 +52,11 @@ def stream_out(stream: Stream) -> wire.Stream:
     return from_row(wire.Stream, stream, stream_schema=stream.schema_doc)
 
 
+def stream_filter(session: Session, name: str | None) -> int | None:
+    """The id of a list endpoint's `?stream=` (404 for an unknown one), None when it was not given."""
+    return find_stream(session, name).id if name is not None else None
+
+
 def find_stream(session: Session, name: str) -> Stream:
     # A name the schema refuses cannot exist, and is not sent to the database (Postgres rejects NUL in text).
     stream = streams.by_name(session, name) if _VALID_NAME.match(name) else None
