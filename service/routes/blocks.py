@@ -32,6 +32,7 @@ def block_out(block: Block) -> wire.Block:
     "/blocks",
     status_code=201,
     response_model=wire.Block,
+    responses={200: {"model": wire.Block, "description": "the same bytes were there already"}},
     dependencies=[Depends(require("ingest"))],
     openapi_extra={
         "requestBody": {

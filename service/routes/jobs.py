@@ -96,7 +96,13 @@ def _send(session: Session, celery: Celery, job: Job) -> None:
         ) from exc
 
 
-@router.post("/jobs/distill", status_code=202, response_model=wire.Job, dependencies=[Depends(require("distill"))])
+@router.post(
+    "/jobs/distill",
+    status_code=202,
+    response_model=wire.Job,
+    responses={200: {"model": wire.Job, "description": "the stage's queued or running job, asked for again"}},
+    dependencies=[Depends(require("distill"))],
+)
 def create_distill_job(
     body: DistillRequest, session: SessionDep, celery: CeleryDep, metrics: MetricsDep, response: Response
 ) -> wire.Job:

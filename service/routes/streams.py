@@ -65,7 +65,13 @@ def find_stream(session: Session, name: str) -> Stream:
     return stream
 
 
-@router.post("/streams", status_code=201, response_model=wire.Stream, dependencies=[Depends(require("ingest"))])
+@router.post(
+    "/streams",
+    status_code=201,
+    response_model=wire.Stream,
+    responses={200: {"model": wire.Stream, "description": "the same definition was there already"}},
+    dependencies=[Depends(require("ingest"))],
+)
 def create_stream(body: StreamIn, session: SessionDep, response: Response) -> wire.Stream:
     wanted = body.definition()
     existing = streams.by_name(session, body.name)
