@@ -2,11 +2,15 @@
 
     python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0] [--pool p15]
 
-SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`.
-Each (name, seed) runs as its own single-threaded process; results are merged per
-name into the bench's summary (bench.summarise: means over seeds and the fidelity
-statistics of evaluate/fidelity.py, exactly as one multi-seed `diet bench` computes them),
-printed as one table per method and written to OUT/sweep.json.
+SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`; with
+`"groups": ["full,cold", "diet"]` instead of "methods", each group of methods runs as its own process
+and `"with": "OTHER"` merges in OTHER's cells of the methods this one does not run (full data and cold
+start do not depend on the reference, so several configurations can share them);
+(one GPU takes many such processes at once: each is bound by its own kernel launches). Each
+(name, group, seed) runs as its own single-threaded process; results are merged per name into the
+bench's summary (bench.summarise: means over seeds and the fidelity statistics of evaluate/fidelity.py,
+exactly as one multi-seed `diet bench` computes them), printed as one table per configuration and
+written to OUT/sweep.json.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ from diet_engine.models import MODELS  # noqa: E402
 TIMEOUT_S = float(os.environ.get("SWEEP_JOB_TIMEOUT_S", "3600"))
 
 
-def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str, pool: str) -> tuple[str, int, Path, float, int]:
-    run_dir = out / f"{name}-s{seed}"
+def run_one(
+    name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str, pool: str
+) -> tuple[str, int, Path, float, int]:
+    run_dir = out / f"{name}-g{group}-s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     cfg_file.write_text(json.dumps(spec.get("config", {})))
     cmd = [sys.executable, "-m", "diet_engine", "bench", "--data", str(data), "--out", str(run_dir),
-           "--methods", spec["methods"], "--models", models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
+           "--methods", groups_of(spec)[group], "--models", models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
            "--ratio", str(spec.get("ratio", 0.02)), "--config", str(cfg_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DIET_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -49,28 +55,37 @@ def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str
     return name, seed, run_dir, time.perf_counter() - t0, rc
 
 
+def groups_of(spec: dict) -> list[str]:
+    return spec.get("groups") or [spec["methods"]]
+
+
 def merge(runs: list[tuple[int, dict]]) -> dict:
-    """One-seed results.json files of the same configuration merged as one multi-seed bench run would
-    summarise them: the cells of every seed, then bench.summarise."""
-    runs = sorted(runs, key=lambda r: r[0])
+    """Runs (seed, results.json), each holding some methods of some seeds (a method group, or cells borrowed
+    from another configuration), merged as one multi-seed bench run would summarise them: every method's
+    cells seed by seed, then bench.summarise. Only seeds that every method has count (a failed group's
+    seed is listed under `incomplete_seeds`): the statistics compare methods on the same seeds."""
+    methods = list(dict.fromkeys(m for _, res in runs for m in res["results"]))
     first = runs[0][1]
-    methods = list(first["results"])
     candidates = first.get("candidates") or list(first["config"]["models"])
-    cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in candidates} for m in methods}
+    by_seed: dict[str, dict[int, dict[str, dict]]] = {m: {} for m in methods}  # method -> seed -> candidate -> cell
     for _, res in runs:
-        for m in methods:
-            for k in candidates:
-                c = res["results"][m][k]
-                for s in range(len(c["auc_seeds"])):
-                    cells[m][k].append({
-                        "auc": c["auc_seeds"][s], "logloss": c["logloss_seeds"][s], "train_seconds": c["train_seconds"],
-                        "history_rows": c["history_rows"], "auc_repeats": c.get("auc_repeats", [[c["auc"]]])[s],
-                        "distilled_valid_auc": [c.get("distilled_valid_auc")],
-                        "set_only_auc": c.get("set_only_auc_seeds", [c.get("set_only_auc")])[s],
-                    })  # fmt: skip
-    seeds = [s for _, res in runs for s in res.get("seeds", [])]
+        for m, row in res["results"].items():
+            for i, seed in enumerate(res["seeds"]):
+                by_seed[m][seed] = {k: seed_cell(row[k], i) for k in candidates}
+    every = set.intersection(*(set(per) for per in by_seed.values()))
+    seeds = sorted(every)
+    cells = {m: {k: [by_seed[m][s][k] for s in seeds] for k in candidates} for m in methods}
+    incomplete = sorted(set().union(*(set(per) for per in by_seed.values())) - every)
     return {"dataset": first["dataset"], "ratio": first["ratio"], "pool": first.get("pool", "p5"), "seeds": seeds,
-            **summarise(cells, methods, candidates)}
+            "incomplete_seeds": incomplete, **summarise(cells, methods, candidates)}
+
+
+def seed_cell(cell: dict, i: int) -> dict:
+    """Seed number i of a results.json cell, as bench.run_cell returned it (what bench.summarise reads)."""
+    return {"auc": cell["auc_seeds"][i], "logloss": cell["logloss_seeds"][i], "train_seconds": cell["train_seconds"],
+            "history_rows": cell["history_rows"], "auc_repeats": cell.get("auc_repeats", [[cell["auc"]]])[i],
+            "distilled_valid_auc": [cell.get("distilled_valid_auc")],
+            "set_only_auc": cell.get("set_only_auc_seeds", [cell.get("set_only_auc")])[i]}  # fmt: skip
 
 
 def set_valid(row: dict, models: list[str]) -> str:
@@ -116,21 +131,26 @@ def main() -> int:
     ap.add_argument("--pool", default="p5", choices=["p5", "p15"], help="candidate pool (diet bench --pool)")
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
-    jobs = [(n, s, seed) for n, s in specs.items() for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    jobs = [(n, s, g, seed) for n, s in specs.items() for g in range(len(groups_of(s)))
+            for seed in range(args.first_seed, args.first_seed + args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: run_one(j[0], j[1], j[2], args.data, args.out, args.models, args.pool), jobs))
-    merged, failures = {}, []
-    for name in specs:
-        runs = []
-        for n, seed, run_dir, seconds, rc in done:
-            if n != name:
-                continue
-            if rc != 0:
-                failures.append(f"{name} seed {seed}: exit {rc}, see {run_dir / 'log.txt'}")
-                continue
-            res = json.loads((run_dir / "results.json").read_text())
-            res["wall_seconds"] = seconds
-            runs.append((seed, res))
+        done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models, args.pool), jobs))
+    merged, failures, loaded = {}, [], {}
+    for n, seed, run_dir, seconds, rc in done:
+        if rc != 0:
+            failures.append(f"{n} seed {seed}: exit {rc}, see {run_dir / 'log.txt'}")
+            continue
+        res = json.loads((run_dir / "results.json").read_text())
+        res["wall_seconds"] = seconds
+        loaded.setdefault(n, []).append((seed, res))
+    for name, spec in specs.items():
+        runs = list(loaded.get(name, []))
+        if spec.get("with") in loaded:  # the methods this configuration does not run, from another one's runs
+            own = {m for g in groups_of(spec) for m in g.split(",")}
+            for seed, res in loaded[spec["with"]]:
+                borrowed = {m: r for m, r in res["results"].items() if m not in own}
+                if borrowed:
+                    runs.append((seed, {**res, "results": borrowed}))
         if runs:
             merged[name] = {**merge(runs), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}
