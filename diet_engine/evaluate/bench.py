@@ -25,7 +25,7 @@ from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
 from diet_engine.data.convert.splits import load_split_dir
 from diet_engine.data.blocks import TensorBlock
-from diet_engine.distill.stage import distill_in_memory
+from diet_engine.distill.stage import distill_in_memory, module_on
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
 from diet_engine.train.reference import continue_reference, new_reference
@@ -77,6 +77,15 @@ class Splits:
         self.valid = TensorBlock.load(root / f"{layout.valid}.parquet", schema)
         self.test = TensorBlock.load(root / f"{layout.test}.parquet", schema)
 
+    @classmethod
+    def in_memory(
+        cls, schema: StreamSchema, history: list[TensorBlock], subsequent: TensorBlock, valid: TensorBlock, test: TensorBlock,
+    ) -> "Splits":
+        """Splits of blocks already in memory (a generated stream): nothing read from disk."""
+        splits = cls.__new__(cls)
+        splits.schema, splits.history, splits.subsequent, splits.valid, splits.test = schema, list(history), subsequent, valid, test
+        return splits
+
     @property
     def history_rows(self) -> int:
         return sum(len(b) for b in self.history)
@@ -104,14 +113,18 @@ def embedding_state(model: CTRModel) -> dict[str, torch.Tensor]:
 
 def history_sets(
     methods: list[str], splits: Splits, refs: list[CTRModel], ratio: float, distill: DistillConfig, seed: int,
-    phases: dict,
+    phases: dict, device: str = "cpu",
 ) -> dict[str, SyntheticSet]:
-    """The history each reduced-data method hands a candidate, built stage by stage."""
+    """The history each reduced-data method hands a candidate, built stage by stage.
+
+    Selection scores each block on `device` (each checkpoint copied there for its block); DIET runs on the host.
+    """
     sets: dict[str, SyntheticSet] = {}
     for method in methods:
         if method in SELECTION_METHODS:
             t0 = time.perf_counter()
-            parts = [selected_rows(method, refs[t], block, t, ratio, seed) for t, block in enumerate(splits.history, 1)]
+            parts = [selected_rows(method, module_on(refs[t], device), block, t, ratio, seed, device)
+                     for t, block in enumerate(splits.history, 1)]
             sets[method] = SyntheticSet.concat(parts)
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
         elif method in DIET_VARIANTS:
@@ -127,7 +140,10 @@ def history_sets(
     return sets
 
 
-def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int) -> dict:
+def run_cell(
+    method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int, device: str = "cpu",
+) -> dict:
+    """One (method, model) cell: `cfg.candidate_repeats` candidates trained on `device` and tested."""
     final_embedding = embedding_state(refs[-1])
     kwargs: dict = {}
     if method == "full":
@@ -144,9 +160,9 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
     for repeat in range(cfg.candidate_repeats):
         t0 = time.perf_counter()
         runs.append(train_candidate(model, splits.schema, finetune=finetune, valid=splits.valid, cfg=cfg.candidate,
-                                    seed=seed + 1000 * repeat, **kwargs))
+                                    seed=seed + 1000 * repeat, device=device, **kwargs))
         seconds.append(time.perf_counter() - t0)
-        tests.append(evaluate(runs[-1].model, splits.test))
+        tests.append(evaluate(runs[-1].model, splits.test, device))
     return {"auc": statistics.fmean(t.mean_auc for t in tests), "logloss": statistics.fmean(t.mean_logloss for t in tests),
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],

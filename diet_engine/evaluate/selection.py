@@ -43,9 +43,12 @@ def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
     return torch.from_numpy(np.unique(nearest)).long()
 
 
-def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int) -> SyntheticSet:
-    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint."""
-    rows = embed_rows(reference, block)
+def selected_rows(
+    method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int, device: str = "cpu",
+) -> SyntheticSet:
+    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint (on `device`,
+    where `reference` must be; the rows come back in host memory)."""
+    rows = embed_rows(reference, block, device)
     k = budget_of(len(block), ratio)
     if method == "random":
         idx = select_random(len(block), k, seed * 7919 + stage)
