@@ -443,10 +443,10 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
 
 
 def fidelity(
-    out: dict, splits: Splits, checkpoints: list[CTRModel], syn: SyntheticSet, cfg: BenchConfig, device: str,
+    out: dict, splits: Splits, checkpoints: list[CTRModel], syn: SyntheticSet, cfg: BenchConfig,
     over_budget: Callable[[str], bool], on_cell: Callable[[str], None],
 ) -> dict:
-    """Every (method, model) cell of `cfg` by the engine bench's protocol, on `device`, then bench.summarise.
+    """Every (method, model) cell of `cfg` by the engine bench's protocol, on `cfg.device`, then bench.summarise.
 
     Selection sets come from bench.history_sets (checkpoint t scores block t); diet's is `syn`, the timed
     stages' set. Cells go into `out` as they finish, so `on_cell` (which writes the JSON) keeps each one; a
@@ -457,7 +457,7 @@ def fidelity(
                cells={m: {} for m in methods}, cells_skipped=[])
     built: dict = {}
     sets = history_sets([m for m in methods if m in SELECTION_METHODS], splits, checkpoints, cfg.ratio, cfg.distill,
-                        cfg.seed, built, device)
+                        cfg.seed, built, cfg.device)
     if "diet" in methods:
         sets["diet"] = syn
     for m, rows in sets.items():
@@ -467,9 +467,9 @@ def fidelity(
             if over_budget(f"fidelity {method}/{model}"):
                 out["cells_skipped"].append(f"{method}/{model}")
                 continue
-            out["cells"][method][model] = [run_cell(method, model, splits, checkpoints, sets, cfg, cfg.seed, device)]
+            out["cells"][method][model] = [run_cell(method, model, splits, checkpoints, sets, cfg, cfg.seed)]
             on_cell(f"{method}/{model}")
-            if torch.device(device).type == "cuda":
+            if torch.device(cfg.device).type == "cuda":
                 torch.cuda.empty_cache()
     done = [m for m in methods if len(out["cells"][m]) == len(models)]
     if done and models:
@@ -863,18 +863,22 @@ def main(argv: list[str] | None = None) -> dict:
     # fidelity: each method's candidates on the generated stream by the engine bench's protocol, τ against full's
     # (before the variants and floors: a run over --budget-s skips those first)
     if methods and models and not over_budget("fidelity"):
-        splits = Splits.in_memory(schema, hist, sub, valid, test)
+        # the bench's splits live on its device (about 2 GB at full size): moved there now, after the timed stages
+        splits = Splits.in_memory(schema, [b.to(device) for b in hist], sub.to(device), valid, test)
         # `data` names no file: the stream is generated in memory
         bench_cfg = BenchConfig(data=json_path, out=json_path.parent, methods=methods, models=models, ratio=args.ratio,
                                 seed=args.seed, candidate_repeats=args.repeats, reference=ref_cfg, candidate=cand_cfg,
-                                distill=dcfg)
+                                distill=dcfg, device=device)
 
         def cell_done(name: str) -> None:
             write(json_path, result)
             print(f"fidelity {name}: {time.perf_counter() - t_begin:.0f} s into the run", flush=True)
 
-        fidelity(result.setdefault("fidelity", {}), splits, checkpoints, syn, bench_cfg, device, over_budget, cell_done)
+        fidelity(result.setdefault("fidelity", {}), splits, checkpoints, syn, bench_cfg, over_budget, cell_done)
         write(json_path, result)
+        del splits  # the later sections measure peaks: the bench's copies of the blocks leave the device
+        if cuda:
+            torch.cuda.empty_cache()
 
     # the same outer iterations without CUDA graphs (the eager loop), for the speed-up
     if args.eager_iters and cuda and not over_budget("bilevel_eager"):

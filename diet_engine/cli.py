@@ -91,13 +91,14 @@ def bench(
     seeds: int = typer.Option(1, min=1, help="seeds per cell; results are mean ± std"),
     candidate_repeats: int = typer.Option(3, min=1, help="candidates trained per cell and seed, test metrics averaged"),
     config: Path | None = typer.Option(None, help="JSON with reference/candidate/distill overrides"),
+    device: str = typer.Option("cpu", help="where every phase runs: cpu, cuda, cuda:N"),
 ) -> None:
     """Train every (method, model) cell, test it, print the table and write results.json."""
     from diet_engine.evaluate.bench import BenchConfig, run_bench
 
     extra = {"candidate_repeats": candidate_repeats, **(json.loads(config.read_text()) if config else {})}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
-                      ratio=ratio, seed=seed, seeds=seeds, **extra)
+                      ratio=ratio, seed=seed, seeds=seeds, device=device, **extra)
     total = len(cfg.methods) * len(cfg.models) * cfg.seeds
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

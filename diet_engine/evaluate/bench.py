@@ -33,7 +33,7 @@ from diet_engine.evaluate.report import bench_report, render
 from diet_engine.data.schema import StreamSchema
 from diet_engine.evaluate.selection import SELECTION_METHODS, selected_rows
 from diet_engine.data.synthetic import SyntheticSet
-from diet_engine.train.loops import evaluate
+from diet_engine.train.loops import copy_to, evaluate
 
 DATA_METHODS = ("full", "cold", "warmup")
 # the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off,
@@ -64,18 +64,25 @@ class BenchConfig(BaseModel):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     candidate: CandidateConfig = Field(default_factory=CandidateConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    # where every phase runs (reference, selection, distillation, candidates): "cpu", "cuda", "cuda:1" ...
+    device: str = "cpu"
 
 
 class Splits:
     """A converted stream in memory: historical blocks, subsequent, valid, test."""
 
-    def __init__(self, schema: StreamSchema, root: Path) -> None:
+    def __init__(self, schema: StreamSchema, root: Path, device: str = "cpu") -> None:
         layout = schema.splits
         self.schema = schema
-        self.history = [TensorBlock.load(root / f"{n}.parquet", schema) for n in layout.history]
-        self.subsequent = TensorBlock.load(root / f"{layout.subsequent}.parquet", schema)
-        self.valid = TensorBlock.load(root / f"{layout.valid}.parquet", schema)
-        self.test = TensorBlock.load(root / f"{layout.test}.parquet", schema)
+
+        # every split moves to the device once: batches are then gathered there, with no copy per step
+        def load(name: str) -> TensorBlock:
+            return TensorBlock.load(root / f"{name}.parquet", schema).to(device)
+
+        self.history = [load(n) for n in layout.history]
+        self.subsequent = load(layout.subsequent)
+        self.valid = load(layout.valid)
+        self.test = load(layout.test)
 
     @classmethod
     def in_memory(
@@ -117,7 +124,7 @@ def history_sets(
 ) -> dict[str, SyntheticSet]:
     """The history each reduced-data method hands a candidate, built stage by stage.
 
-    Selection scores each block on `device` (each checkpoint copied there for its block); DIET runs on the host.
+    On `device`; a checkpoint held elsewhere (a benchmark keeps them in host memory) is copied there for its block.
     """
     sets: dict[str, SyntheticSet] = {}
     for method in methods:
@@ -133,17 +140,14 @@ def history_sets(
             syn, seen, stages = None, 0, []
             for t, block in enumerate(splits.history, 1):
                 seen += len(block)
-                syn, metrics = distill_in_memory(block, t, refs[t - 1], refs[t], syn, seen, cfg)
+                syn, metrics = distill_in_memory(block, t, refs[t - 1], refs[t], syn, seen, cfg, device=device)
                 stages.append(metrics)
             sets[method] = syn
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "stages": stages}
     return sets
 
 
-def run_cell(
-    method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int, device: str = "cpu",
-) -> dict:
-    """One (method, model) cell: `cfg.candidate_repeats` candidates trained on `device` and tested."""
+def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int) -> dict:
     final_embedding = embedding_state(refs[-1])
     kwargs: dict = {}
     if method == "full":
@@ -160,9 +164,9 @@ def run_cell(
     for repeat in range(cfg.candidate_repeats):
         t0 = time.perf_counter()
         runs.append(train_candidate(model, splits.schema, finetune=finetune, valid=splits.valid, cfg=cfg.candidate,
-                                    seed=seed + 1000 * repeat, device=device, **kwargs))
+                                    seed=seed + 1000 * repeat, device=cfg.device, **kwargs))
         seconds.append(time.perf_counter() - t0)
-        tests.append(evaluate(runs[-1].model, splits.test, device))
+        tests.append(evaluate(runs[-1].model, splits.test, cfg.device))
     return {"auc": statistics.fmean(t.mean_auc for t in tests), "logloss": statistics.fmean(t.mean_logloss for t in tests),
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],
@@ -287,7 +291,7 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         raise ValueError(f"unknown methods/models: {unknown}; methods {ALL_METHODS}, models {tuple(MODELS)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     schema, root = prepare_data(cfg.data, cfg.out)
-    splits = Splits(schema, root)
+    splits = Splits(schema, root, cfg.device)
     cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in cfg.models} for m in cfg.methods}
     phases: list[dict] = []
     for s in range(cfg.seeds):
@@ -295,11 +299,11 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         phase: dict = {"seed": seed}
         t0 = time.perf_counter()
         ref_cfg = cfg.reference.model_copy(update={"seed": seed})
-        refs = [new_reference(schema, ref_cfg)]
+        refs = [copy_to(new_reference(schema, ref_cfg), cfg.device)]
         for t, block in enumerate(splits.history, 1):
-            refs.append(continue_reference(refs[-1], block, ref_cfg, t))
+            refs.append(continue_reference(refs[-1], block, ref_cfg, t, cfg.device))
         phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
-        sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase)
+        sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase, cfg.device)
         for method in cfg.methods:
             for model in cfg.models:
                 cells[method][model].append(run_cell(method, model, splits, refs, sets, cfg, seed))

@@ -44,11 +44,10 @@ def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
 
 
 def selected_rows(
-    method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int, device: str = "cpu",
+    method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int, device: str = "cpu"
 ) -> SyntheticSet:
-    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint (on `device`,
-    where `reference` must be; the rows come back in host memory)."""
-    rows = embed_rows(reference, block, device)
+    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint (on `device`)."""
+    rows = embed_rows(reference, block, device, out_device=None)
     k = budget_of(len(block), ratio)
     if method == "random":
         idx = select_random(len(block), k, seed * 7919 + stage)
@@ -58,6 +57,6 @@ def selected_rows(
         idx = select_kmeans(rows, k, seed * 7919 + stage)
     else:
         raise ValueError(f"unknown selection method {method!r}; one of {SELECTION_METHODS}")
-    out = rows.take(idx)
+    out = rows.take(idx.to(rows.emb.device))
     out.stage[:] = stage
     return out
