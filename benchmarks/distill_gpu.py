@@ -442,7 +442,7 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
     return out
 
 
-def fidelity(
+def fidelity_section(
     out: dict, splits: Splits, checkpoints: list[CTRModel], syn: SyntheticSet, cfg: BenchConfig,
     over_budget: Callable[[str], bool], on_cell: Callable[[str], None],
 ) -> dict:
@@ -874,7 +874,7 @@ def main(argv: list[str] | None = None) -> dict:
             write(json_path, result)
             print(f"fidelity {name}: {time.perf_counter() - t_begin:.0f} s into the run", flush=True)
 
-        fidelity(result.setdefault("fidelity", {}), splits, checkpoints, syn, bench_cfg, over_budget, cell_done)
+        fidelity_section(result.setdefault("fidelity", {}), splits, checkpoints, syn, bench_cfg, over_budget, cell_done)
         write(json_path, result)
         del splits  # the later sections measure peaks: the bench's copies of the blocks leave the device
         if cuda:
