@@ -15,9 +15,9 @@ Every phase runs the engine's own functions (train.reference.continue_reference,
 distill.stage.boundary_memory — train.loops.predict_logits + el2n_scores —,
 distill.memory.fusion_weights/fuse, distill.addressing.address,
 distill.bilevel.optimise_memory, train.candidate.train_candidate) and is timed
-with CUDA events, with the peak GPU
-memory allocated during it. Candidate iteration is compared in the same run
-with the obvious alternative: the same code retrained on the full history.
+with CUDA events, with the peak GPU memory allocated during it. Candidate
+iteration is compared in the same run with the obvious alternative: the same
+code retrained on the full history.
 
 Fidelity: every method of `--methods` (full, cold, warmup, random, el2n, kmeans,
 diet) trains the models' candidates by the engine bench's own protocol
@@ -284,7 +284,6 @@ def launch_counts(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, 
 
     Differences of two run lengths, so one-off work (optimiser set-up, the epoch's shuffle) drops out.
     """
-
     model = copy.deepcopy(ref).to(device)
     opt = make_optimizer(model, ref_cfg.train)
     rows = block.take(torch.arange(min(len(block), 3 * 256))).to(device)
@@ -482,7 +481,6 @@ def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb,
     """torch.profiler over 20 reference steps and 3 eager outer iterations: top kernels and launch counts, their
     tables written to the text file `out`."""
     from torch.profiler import ProfilerActivity, profile
-
 
     res = {}
     small = block.take(torch.arange(min(len(block), 20 * ref_cfg.train.batch_size))).to(device)
@@ -761,7 +759,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"fidelity methods, any of {','.join(FIDELITY_METHODS)} ('' for none; kmeans, off by default, runs "
                         "on the host: hours at full size); full is needed for τ, full and cold for the gap recovered")
     p.add_argument("--repeats", type=int, default=1, help="fidelity candidates per cell (seeds seed, seed+1000, ...)")
-    p.add_argument("--budget-s", type=float, default=420, help="skip later sections once this much wall time has passed")
+    p.add_argument("--budget-s", type=float, default=500,
+                   help="skip later sections (and fidelity cells) once this much wall time has passed")
     p.add_argument("--seed", type=int, default=0)
     if p.parse_known_args(argv)[0].quick:  # smaller defaults; flags given explicitly still win
         p.set_defaults(
