@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 
 from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
-from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
+from diet_engine.data.convert.ml_100k import ML100K_SCHEMA, convert_ml100k, is_ml100k_dir
+from diet_engine.data.convert.ml_1m import ML1M_SCHEMA, convert_ml1m, is_ml1m_dir
 from diet_engine.data.convert.splits import load_split_dir
 from diet_engine.data.blocks import TensorBlock
 from diet_engine.distill.stage import distill_in_memory, module_on
@@ -99,15 +100,17 @@ class Splits:
 
 
 def prepare_data(data: Path, out: Path) -> tuple[StreamSchema, Path]:
-    """A converted directory as it is; the raw ML-100K folder converted once under `out`."""
+    """A converted directory as it is; a raw ML-100K or ML-1M folder converted once under `out`."""
     if (data / "schema.json").is_file():
         return load_split_dir(data), data
-    if is_ml100k_dir(data):
-        converted = out / "data"
-        if not (converted / "schema.json").is_file():
-            convert_ml100k(data, converted)
-        return load_split_dir(converted), converted
-    raise ValueError(f"{data} holds neither schema.json (a converted stream) nor raw MovieLens-100K files")
+    for is_raw, convert, schema in ((is_ml100k_dir, convert_ml100k, ML100K_SCHEMA), (is_ml1m_dir, convert_ml1m, ML1M_SCHEMA)):
+        if is_raw(data):
+            converted = out / "data"
+            # reused only if it is this data set's conversion (an earlier bench may have left the other one)
+            if not (converted / "schema.json").is_file() or load_split_dir(converted) != schema:
+                convert(data, converted)
+            return load_split_dir(converted), converted
+    raise ValueError(f"{data} holds neither schema.json (a converted stream) nor raw MovieLens-100K or -1M files")
 
 
 def peak_rss_mb() -> float:
@@ -172,6 +175,7 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
             "auc_repeats": [t.mean_auc for t in tests],
             "auc_tasks": {task: statistics.fmean(t.auc[task] for t in tests) for task in tests[0].auc},
             "best_epoch": [r.best_epoch for r in runs], "best_lr": [r.best_lr for r in runs],
+            "finetune_lr": [r.finetune_lr for r in runs],
             # how well the set alone trains the candidate's dense part (its best validation AUC before the fine-tune)
             "distilled_valid_auc": [max(r.valid_auc) if r.valid_auc else None for r in runs],
             # and its test AUC then: the paper's "distilled data only" figure

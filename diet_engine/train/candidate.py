@@ -4,7 +4,8 @@ With a distilled (or selected) set, the candidate inherits the reference
 embedding tables, trains its dense part on the set's embeddings with soft
 labels for up to `distilled_epochs` epochs at each of a few learning rates,
 keeping the best (rate, epoch) on validation, then fine-tunes the whole model
-for one epoch on each block of `finetune` (the subsequent block). Without a set it is one of the data
+for one epoch on each block of `finetune` (the subsequent block), at each rate of `finetune_lrs`
+when several are given, keeping the one best on validation. Without a set it is one of the data
 baselines: full history, cold start, or warm-up start.
 """
 
@@ -23,7 +24,9 @@ from diet_engine.models.base import CTRModel
 from diet_engine.data.schema import StreamSchema
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.metrics import mean_auc_torch, task_metrics
-from diet_engine.train.loops import generator, make_optimizer, predict_logits, train_real_epoch, train_soft_epoch
+from diet_engine.train.loops import (
+    anchor_offsets, generator, make_optimizer, predict_logits, train_anchored_epoch, train_real_epoch, train_soft_epoch,
+)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class CandidateRun:
     best_lr: float | None = None
     distilled_epochs_run: int = 0  # over every rate tried
     set_only_auc: float | None = None  # on `probe`, after the distilled phase and before the fine-tune
+    finetune_lr: float | None = None  # the fine-tune's rate (the best on validation when several were tried)
 
 
 def train_candidate(
@@ -62,39 +66,67 @@ def train_candidate(
     run = CandidateRun(model)
     gen = generator(seed)
     if distilled is not None and len(distilled):
-        _fit_dense_on_distilled(run, distilled, valid, cfg, gen, device)
+        _fit_on_distilled(run, distilled, valid, cfg, gen, device)
         if probe is not None:
             run.set_only_auc = _valid_auc(model, probe, device)
-    opt = make_optimizer(model, cfg.train)
-    for block in finetune:
-        train_real_epoch(model, block, opt, cfg.train.batch_size, gen, device)
+    if cfg.finetune_lrs is None or len(cfg.finetune_lrs) == 1:
+        lr = cfg.train.lr if cfg.finetune_lrs is None else cfg.finetune_lrs[0]
+        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
+        run.finetune_lr = lr
+        return run
+    # each rate from the same weights and the same batches; the best on validation is kept
+    start, draws, best = copy.deepcopy(model.state_dict()), gen.get_state(), (-1.0, None, None)
+    for lr in cfg.finetune_lrs:
+        model.load_state_dict(start)
+        gen.set_state(draws)
+        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
+        auc = _valid_auc(model, valid, device)
+        if auc > best[0]:
+            best = (auc, lr, copy.deepcopy(model.state_dict()))
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    run.finetune_lr = best[1]
     return run
 
 
-def _fit_dense_on_distilled(
+def _finetune(model: CTRModel, blocks: list[Block], train: TrainConfig, gen: torch.Generator, device: str) -> None:
+    """The whole model, one epoch on each block in order, with a fresh Adam."""
+    opt = make_optimizer(model, train)
+    for block in blocks:
+        train_real_epoch(model, block, opt, train.batch_size, gen, device)
+
+
+def _fit_on_distilled(
     run: CandidateRun, syn: SyntheticSet, valid: TensorBlock, cfg: CandidateConfig, gen: torch.Generator, device: str
 ) -> None:
-    """Dense part on the set for each rate in `cfg.distilled_lrs`; keeps the best (rate, epoch) on validation."""
+    """The dense part (and with `set_embeddings="tuned"` the tables) on the set for each rate in
+    `cfg.distilled_lrs`; keeps the best (rate, epoch) on validation."""
     model = run.model
-    initial = copy.deepcopy(model.dense.state_dict())
+    tuned = cfg.set_embeddings == "tuned" and syn.anchored
+    part = model if tuned else model.dense  # what the phase trains, restored between rates
+    offsets = anchor_offsets(model, syn, device) if tuned else None
+    initial = copy.deepcopy(part.state_dict())
     draws = gen.get_state()  # every rate sees the same batches
     best_auc, best_state = -1.0, None
     for lr in cfg.distilled_lrs:
-        model.dense.load_state_dict(initial)
+        part.load_state_dict(initial)
         gen.set_state(draws)
-        opt = make_optimizer(model, TrainConfig(lr=lr), dense_only=True)
+        opt = make_optimizer(model, TrainConfig(lr=lr), dense_only=not tuned)
         curve = []
         for epoch in range(cfg.distilled_epochs):
-            train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+            if tuned:
+                train_anchored_epoch(model, syn, offsets, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+            else:
+                train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
             auc = _valid_auc(model, valid, device)
             curve.append(auc)
             run.distilled_epochs_run += 1
             if auc > best_auc:  # a diverged (NaN) epoch is never the best
-                best_auc, best_state = auc, copy.deepcopy(model.dense.state_dict())
+                best_auc, best_state = auc, copy.deepcopy(part.state_dict())
                 run.best_epoch, run.best_lr = epoch, lr
         if run.best_lr == lr:
             run.valid_auc = curve
-    model.dense.load_state_dict(best_state if best_state is not None else initial)
+    part.load_state_dict(best_state if best_state is not None else initial)
 
 
 def _valid_auc(model: CTRModel, valid: TensorBlock, device: str) -> float:
