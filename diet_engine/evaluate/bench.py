@@ -32,6 +32,7 @@ from diet_engine.models.base import CTRModel
 from diet_engine.train.reference import continue_reference, new_reference
 from diet_engine.evaluate.fidelity import fidelity
 from diet_engine.evaluate.pool import Candidate, Pool, candidate_pool
+from diet_engine.evaluate.pool import candidate as pool_candidate  # not to shadow run_cell's argument
 from diet_engine.evaluate.report import bench_report, render
 from diet_engine.data.schema import StreamSchema
 from diet_engine.evaluate.selection import SELECTION_METHODS, selected_rows
@@ -154,8 +155,12 @@ def history_sets(
 
 
 def run_cell(
-    method: str, candidate: Candidate, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int
+    method: str, candidate: Candidate | str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig,
+    seed: int,
 ) -> dict:
+    """One (method, candidate) cell of one seed; a bare architecture name is that architecture's default size."""
+    if isinstance(candidate, str):
+        candidate = pool_candidate(candidate, "default", cfg.candidate.arch)
     final_embedding = embedding_state(refs[-1])
     kwargs: dict = {}
     if method == "full":
