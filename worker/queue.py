@@ -15,6 +15,7 @@ from kombu import Producer
 from service.settings import Settings
 
 DISTILL_TASK = "diet.distill"
+SWEEP_TASK = "diet.sweep"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -35,7 +36,7 @@ def make_celery(settings: Settings) -> Celery:
         options["visibility_timeout"] = 24 * 3600
     options.update(settings.broker_options)
 
-    app = Celery("diet", broker=settings.broker_url, include=["worker.tasks"])
+    app = Celery("diet", broker=settings.broker_url, include=["worker.tasks", "worker.sweep"])
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
@@ -51,6 +52,11 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
         # The folder broker has no broadcast; remote control is only useful with Redis anyway.
         worker_enable_remote_control=not settings.uses_folder_broker,
+        # Retention (worker/sweep.py), sent by the one beat of a deployment; the schedule file is its memory.
+        beat_schedule={
+            "retention-sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_s, "options": {"queue": settings.queue}}
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
     return app
 

@@ -99,3 +99,36 @@ def _row(b: Block) -> list[str]:
     when = [f"{t:%Y-%m-%d %H:%M}" if t else "" for t in (b.time_min, b.time_max)]
     rates = " ".join(f"{k} {v:.3f}" for k, v in b.label_rates.items())
     return [str(b.id), b.stream, str(b.stage), str(b.rows), human_bytes(b.bytes), *when, rates, b.sha256[:12] + "…"]
+
+
+@app.command("rm")
+def remove(
+    block_id: Annotated[int, typer.Argument(min=1, help="the block's id")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete a block whose stage is distilled (admin); once the grace period is over it is retired: its bytes
+    are freed, its sha256 and stats stay."""
+    with connect(url, token, as_json) as diet:
+        deletion = diet.delete_block(block_id)
+    if as_json:
+        emit_json(deletion)
+    else:
+        stdout().print(f"{deletion.deleted} deleted; restorable until {deletion.purge_after:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@app.command("restore")
+def restore(
+    block_id: Annotated[int, typer.Argument(min=1, help="the block's id")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Undo a block's deletion while its grace period lasts."""
+    with connect(url, token, as_json) as diet:
+        block = diet.restore_block(block_id)
+    if as_json:
+        emit_json(block)
+    else:
+        stdout().print(f"block {block.id} (stage {block.stage}) restored")

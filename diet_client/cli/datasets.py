@@ -1,4 +1,5 @@
-"""`diet datasets ls|show|pull|report`: find, fetch and look at distilled dataset versions."""
+"""`diet datasets ls|show|pull|report|diff|rm|restore` and `diet datasets alias ...`: find, fetch, compare,
+name and delete distilled dataset versions."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from diet_client.cli.common import (
     show_progress,
     stdout,
 )
+from diet_client.cli import aliases
 from diet_client.cli.progress import transfer_bars
 
-app = typer.Typer(help="Distilled dataset versions: STREAM@vN or STREAM@latest.", no_args_is_help=True)
+app = typer.Typer(
+    help="Distilled dataset versions: STREAM@vN, STREAM@latest, STREAM@ALIAS or STREAM@sha256:DIGEST.",
+    no_args_is_help=True,
+)
+app.add_typer(aliases.app, name="alias")
 
-VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN or STREAM@latest")]
+VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN, STREAM@latest, STREAM@ALIAS or STREAM@sha256:DIGEST")]
 
 
 @app.command("ls")
@@ -120,3 +126,68 @@ def report(
         emit_json({"version": label, "path": str(path), "bytes": len(html.encode())})
     else:
         stdout().print(f"{label} report -> {path}")
+
+
+@app.command("diff")
+def diff(
+    a: VersionArgument,
+    b: VersionArgument,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What changed from A to B: rows kept, added and dropped by stage of origin, label balance, drift, config."""
+    with connect(url, token, as_json) as diet:
+        d = diet.diff(a, b)
+    if as_json:
+        emit_json(d)
+        return
+    out = stdout()
+    out.print(f"{d.a} -> {d.b}: {d.rows_a} -> {d.rows_b} rows; {d.kept} kept, {d.added} added, {d.dropped} dropped"
+              + ("" if d.anchored else " (no anchors: rows cannot be matched)"))  # fmt: skip
+    rows = Table("stage of origin", f"rows in {d.a}", f"rows in {d.b}", "kept", "added", "dropped")
+    for s in d.by_stage:
+        rows.add_row(str(s.stage), str(s.rows_a), str(s.rows_b), str(s.kept), str(s.added), str(s.dropped))
+    out.print(rows)
+    balance = Table("task", f"soft label {d.a}", f"soft label {d.b}", "change")
+    for t in d.label_balance:
+        balance.add_row(t.task, _rate(t.a), _rate(t.b), "-" if t.change is None else f"{t.change:+.4f}")
+    out.print(balance)
+    if d.drift.mean is not None:
+        out.print(f"drift of the {d.drift.rows} kept rows (L2): mean {d.drift.mean:.4f}, p95 {d.drift.p95:.4f}, "
+                  f"max {d.drift.max:.4f}")  # fmt: skip
+    for c in d.config:
+        out.print(f"config {c.key}: {c.a!r} -> {c.b!r}")
+    lineage = d.lineage
+    out.print(f"lineage: common ancestor {lineage.common_ancestor or '-'}; new blocks in {d.b}: "
+              f"{', '.join(map(str, lineage.blocks_only_b)) or 'none'}")  # fmt: skip
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+@app.command("rm")
+def remove(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
+           as_json: JsonOption = False) -> None:  # fmt: skip
+    """Delete a version (admin): hidden now, restorable until its grace period ends, then its files are freed.
+    Refused while an alias, a queued job or the next stage needs it."""
+    with connect(url, token, as_json) as diet:
+        deletion = diet.delete_dataset(version)
+    if as_json:
+        emit_json(deletion)
+    else:
+        stdout().print(f"{deletion.deleted} deleted; restorable until {deletion.purge_after:%Y-%m-%d %H:%M:%S} UTC "
+                       f"(diet datasets restore {deletion.deleted})")  # fmt: skip
+
+
+@app.command("restore")
+def restore(version: Annotated[str, typer.Argument(help="STREAM@vN")], url: UrlOption = DEFAULT_URL,
+            token: TokenOption = None, as_json: JsonOption = False) -> None:  # fmt: skip
+    """Undo a deletion while its grace period lasts."""
+    with connect(url, token, as_json) as diet:
+        m = diet.restore_dataset(version)
+    if as_json:
+        emit_json(m)
+    else:
+        stdout().print(f"{m.version} restored")

@@ -129,3 +129,52 @@ def status(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
         emit_json(ready)
         return
     stdout().print(f"{url}: {ready.status} (" + ", ".join(f"{k} {v}" for k, v in ready.checks.items()) + ")")
+
+
+@app.command("retention")
+def retention(
+    name: Annotated[str, typer.Argument(help="the stream")],
+    keep_last: Annotated[int | None, typer.Option(min=0, help="keep the newest N versions")] = None,
+    keep_days: Annotated[int | None, typer.Option(min=0, help="keep versions younger than D days")] = None,
+    grace: Annotated[int | None, typer.Option(min=0, help="seconds a deleted version stays restorable")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the stream's retention policy or, with --keep-last/--keep-days/--grace, set it (admin)."""
+    with connect(url, token, as_json) as diet:
+        if keep_last is None and keep_days is None and grace is None:
+            policy = diet.retention(name)
+        else:
+            policy = diet.set_retention(name, keep_last=keep_last, keep_days=keep_days, grace_s=grace)
+    if as_json:
+        emit_json(policy)
+        return
+    last = "-" if policy.keep_last is None else str(policy.keep_last)
+    days = "-" if policy.keep_days is None else str(policy.keep_days)
+    stdout().print(f"{policy.stream}: keep_last {last}, keep_days {days}, grace {policy.grace_s} s "
+                   f"(set by {policy.updated_by} at {policy.updated_at:%Y-%m-%d %H:%M})")  # fmt: skip
+
+
+@app.command("gc")
+def collect(
+    name: Annotated[str, typer.Argument(help="the stream")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what would be deleted and freed")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply the retention policy now and free the files of deletions past their grace period (admin)."""
+    with connect(url, token, as_json) as diet:
+        report = diet.gc(name, dry_run=dry_run)
+    if as_json:
+        emit_json(report)
+        return
+    out = stdout()
+    verb = "would delete" if dry_run else "deleted"
+    for item in report.deleted:
+        out.print(f"{verb} {item.version}: {'; '.join(item.reasons)}")
+    for item in report.kept:
+        out.print(f"kept {item.version}: {'; '.join(item.reasons)}")
+    purged = [*report.purged_versions, *(f"block {b}" for b in report.purged_blocks)]
+    out.print(f"{'would free' if dry_run else 'freed'} {report.freed_bytes} bytes" + (f" ({', '.join(purged)})" if purged else ""))

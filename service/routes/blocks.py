@@ -35,6 +35,7 @@ class BlockOut(BaseModel):
     time_max: datetime | None
     label_rates: dict[str, float]
     created_at: datetime
+    retired_at: datetime | None = None  # its bytes were freed; its digest and stats stay
 
 
 def block_out(block: Block) -> BlockOut:
@@ -49,6 +50,7 @@ def block_out(block: Block) -> BlockOut:
         time_max=block.time_max,
         label_rates=block.label_rates,
         created_at=block.created_at,
+        retired_at=block.purged_at,
     )
 
 
@@ -117,4 +119,6 @@ def get_block(block_id: Id, session: SessionDep) -> BlockOut:
     block = blocks.get(session, block_id)
     if block is None:
         raise Problem(404, f"no block with id {block_id}")
+    if block.deleted_at is not None and block.purged_at is None:
+        raise Problem(404, f"block {block.id} was deleted; restore it with POST /blocks/{block.id}/restore")
     return block_out(block)
