@@ -48,7 +48,9 @@ def block_needs(session: Session, block: Block) -> list[str]:
     """What needs this block's bytes kept (empty: it may be retired)."""
     active = select(Job).where(Job.block_id == block.id, Job.status.in_(ACTIVE)).order_by(Job.id)
     needs = [f"job {job.id} ({job.status}) distills it" for job in session.scalars(active)]
-    if datasets.latest(session, block.stream_id, block.stage) is None:
+    # Distilled: a live version of its stage or a later one has seen it (its rows carry the block on).
+    seen = datasets.live(block.stream_id).where(DatasetVersion.stage >= block.stage).limit(1)
+    if session.scalar(seen) is None:
         needs.append(f"stage {block.stage} is not distilled yet: the job that distills it reads this block")
     return needs
 

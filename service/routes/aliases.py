@@ -51,7 +51,11 @@ def _locked_stream(session: Session, name: str) -> Stream:
     return stream
 
 
-@router.put("/datasets/{stream}/aliases/{name}", response_model=Alias)
+@router.put(
+    "/datasets/{stream}/aliases/{name}",
+    response_model=Alias,
+    responses={201: {"model": Alias, "description": "the alias was created"}},
+)
 def set_alias(
     stream: str,
     name: AliasName,
