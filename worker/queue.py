@@ -53,8 +53,12 @@ def make_celery(settings: Settings) -> Celery:
         # The folder broker has no broadcast; remote control is only useful with Redis anyway.
         worker_enable_remote_control=not settings.uses_folder_broker,
         # Retention (worker/sweep.py), sent by the one beat of a deployment; the schedule file is its memory.
+        # A sweep still queued when the next is sent (the workers busy with long stages) is dropped: one is enough.
         beat_schedule={
-            "retention-sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_s, "options": {"queue": settings.queue}}
+            "retention-sweep": {
+                "task": SWEEP_TASK, "schedule": settings.sweep_s,
+                "options": {"queue": settings.queue, "expires": settings.sweep_s},
+            }
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )

@@ -89,7 +89,8 @@ def pull(
         manifest = diet.dataset(version)
         folder = to or Path(manifest.version.replace("@", "-"))
         with transfer_bars(show_progress(as_json)) as progress:
-            pulled = diet.pull(manifest.version, folder, on_progress=progress)
+            # As asked (an alias, `latest`): pulled.json records it, for load_dataset(folder, version=...).
+            pulled = diet.pull(version, folder, on_progress=progress)
     if as_json:
         emit_json(pulled)
         return

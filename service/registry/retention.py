@@ -48,7 +48,7 @@ def plan(session: Session, policy: RetentionPolicy, now: datetime | None = None)
     versions = session.scalars(datasets.live(policy.stream_id).order_by(DatasetVersion.number.desc()))
     out = Plan()
     for rank, version in enumerate(versions):
-        reasons = _policy_keeps(policy, rank, version, now)
+        reasons = policy_keeps(policy, rank, version, now)
         if reasons:
             out.keep.append((version, reasons))
             continue
@@ -56,11 +56,11 @@ def plan(session: Session, policy: RetentionPolicy, now: datetime | None = None)
         if needs:
             out.keep.append((version, needs))
         else:
-            out.delete.append((version, _why_it_goes(policy)))
+            out.delete.append((version, why_it_goes(policy)))
     return out
 
 
-def _policy_keeps(policy: RetentionPolicy, rank: int, version: DatasetVersion, now: datetime) -> list[str]:
+def policy_keeps(policy: RetentionPolicy, rank: int, version: DatasetVersion, now: datetime) -> list[str]:
     if policy.keep_last is None and policy.keep_days is None:
         return ["the policy sets no limit"]
     reasons = []
@@ -71,7 +71,7 @@ def _policy_keeps(policy: RetentionPolicy, rank: int, version: DatasetVersion, n
     return reasons
 
 
-def _why_it_goes(policy: RetentionPolicy) -> str:
+def why_it_goes(policy: RetentionPolicy) -> str:
     limits = []
     if policy.keep_last is not None:
         limits.append(f"not among the newest {policy.keep_last}")
