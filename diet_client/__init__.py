@@ -21,6 +21,7 @@ from diet_client.models import (
     GcReport,
     Job,
     JobStatus,
+    Liveness,
     Manifest,
     Page,
     Progress,
@@ -35,6 +36,6 @@ from diet_client.models import (
 __all__ = [
     "Alias", "Aliases", "AliasMove", "DatasetDiff", "Deletion", "GcReport", "Retention",
     "ApiError", "Artifact", "Block", "BlockRef", "ChecksumMismatch", "DietClient", "DietError", "Job", "JobStatus",
-    "Manifest", "Page", "Progress", "PulledDataset", "PulledFile", "Readiness", "ServiceUnreachable", "Stream",
+    "Liveness", "Manifest", "Page", "Progress", "PulledDataset", "PulledFile", "Readiness", "ServiceUnreachable", "Stream",
     "Upload", "WaitTimeout",
 ]  # fmt: skip

@@ -12,10 +12,10 @@ from celery.signals import setup_logging, worker_init
 
 from service import logs
 from service.settings import get_settings
-from worker.queue import make_celery, prepare_broker
+from service.queue import make_celery, prepare_broker
 from worker.scratch import sweep_abandoned
 
-app = make_celery(get_settings())
+app = make_celery(get_settings(), include=["worker.tasks", "worker.sweep"])
 # A beat started with this app (`beat`, `worker --beat`) keeps its schedule file in the data directory.
 get_settings().data_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,6 +1,6 @@
 """The periodic retention sweep: every stream's policy applied, and what is past its grace period purged.
 
-Celery beat sends it every DIET_SWEEP_S seconds (worker/queue.py); run exactly one beat per
+Celery beat sends it every DIET_SWEEP_S seconds (service/queue.py); run exactly one beat per
 deployment (`celery -A worker.app beat`, or `worker --beat` on one worker). A sweep that runs
 twice at once is harmless: each deletion and purge locks its row and checks it again.
 """
@@ -12,7 +12,7 @@ import logging
 from service import gc
 from service.registry import streams
 from worker.app import app
-from worker.queue import SWEEP_TASK
+from service.queue import SWEEP_TASK
 from worker.tasks import runtime
 
 log = logging.getLogger(__name__)

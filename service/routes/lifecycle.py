@@ -13,16 +13,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
-from diet_client.models import Deletion, GcReport, Retention, RetentionIn
+from diet_client import models as wire
+from diet_client.models import Deletion, GcReport, Manifest, Retention, RetentionIn
 from service import gc
 from service.auth import Principal, require
 from service.deps import SessionDep, SettingsDep, StorageDep
-from service.manifest import Manifest, manifest
+from service.manifest import manifest
 from service.pages import Id
 from service.problems import Problem
 from service.registry import blocks, datasets, lifecycle, retention, streams
 from service.registry.tables import Block, DatasetVersion, Stream
-from service.routes.blocks import BlockOut, block_out
+from service.routes.blocks import block_out
 from service.routes.datasets import find_version
 from service.routes.streams import find_stream
 
@@ -104,8 +105,8 @@ def delete_block(block_id: Id, session: SessionDep, settings: SettingsDep, princ
     return _deletion(block, f"block {block.id}", f"/blocks/{block.id}/restore", session, settings.deletion_grace_s)
 
 
-@router.post("/blocks/{block_id}/restore", response_model=BlockOut)
-def restore_block(block_id: Id, session: SessionDep, principal: Admin) -> BlockOut:
+@router.post("/blocks/{block_id}/restore", response_model=wire.Block)
+def restore_block(block_id: Id, session: SessionDep, principal: Admin) -> wire.Block:
     block = _block(session, block_id)
     if block.purged_at is not None:
         raise Problem(410, f"block {block.id} is retired: its bytes were freed (upload them again as a new stream's block)")

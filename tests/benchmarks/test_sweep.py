@@ -17,7 +17,9 @@ SMALL = {
 
 def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny_stream, tmp_path):
     _, root = tiny_stream
-    spec = {"small": {"groups": ["full,cold", "warmup,random"], "ratio": 0.05, "config": SMALL}}
+    spec = {"small": {"groups": ["full,cold", "warmup,random"], "ratio": 0.05, "config": SMALL},
+            "other": {"methods": "random", "ratio": 0.05, "with": "small",
+                      "config": {**SMALL, "distill": {**SMALL["distill"], "seed": 1}, "candidate": {**SMALL["candidate"], "temperature": 1.0}}}}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, str(SWEEP), str(tmp_path / "spec.json"), "--data", str(root), "--out", str(out),
@@ -35,3 +37,17 @@ def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny
         assert merged["results"]["full"]["dcn"]["auc_seeds"][seed] == res["results"]["full"]["dcn"]["auc"]
     assert merged["kendall_tau"]["full"] == 1.0 and "random" in merged["kendall_tau"]
     assert "warmup" in done.stdout and "cold" in done.stdout
+    # "with": the other configuration's own random cells, small's full/cold/warmup cells
+    other = json.loads((out / "sweep.json").read_text())["other"]
+    assert set(other["results"]) == {"full", "cold", "warmup", "random"}
+    assert other["results"]["full"] == merged["results"]["full"]
+    assert other["results"]["random"]["dcn"]["auc_seeds"] != merged["results"]["random"]["dcn"]["auc_seeds"]
+
+    # a sweep stopped before its end is merged from the runs it left: the same summary again
+    (out / "sweep.json").unlink()
+    again = subprocess.run([sys.executable, str(SWEEP), str(tmp_path / "spec.json"), "--data", str(root), "--out", str(out),
+                            "--seeds", "2", "--models", "dcn,wukong", "--merge-only"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    remerged = json.loads((out / "sweep.json").read_text())
+    assert remerged["small"]["results"] == merged["results"] and remerged["other"]["results"] == other["results"]
+
