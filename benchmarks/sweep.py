@@ -76,8 +76,13 @@ def merge(runs: list[tuple[int, dict]]) -> dict:
     seeds = sorted(every)
     cells = {m: {k: [by_seed[m][s][k] for s in seeds] for k in candidates} for m in methods}
     incomplete = sorted(set().union(*(set(per) for per in by_seed.values())) - every)
-    return {"dataset": first["dataset"], "ratio": first["ratio"], "pool": first.get("pool", "p5"), "seeds": seeds,
-            "incomplete_seeds": incomplete, **summarise(cells, methods, candidates)}
+    out = {"dataset": first["dataset"], "ratio": first["ratio"], "pool": first.get("pool", "p5"), "seeds": seeds,
+           "incomplete_seeds": incomplete, **summarise(cells, methods, candidates)}
+    defaults = [k for k in candidates if k in MODELS]
+    if out["pool"] == "p15" and len(defaults) > 1:  # P15 holds P5 (the default sizes): its statistics too
+        out["p5"] = {"pool": "p5", "seeds": seeds, **summarise({m: {k: cells[m][k] for k in defaults} for m in methods},
+                                                               methods, defaults)}
+    return out
 
 
 def seed_cell(cell: dict, i: int) -> dict:
@@ -163,6 +168,8 @@ def main() -> int:
     (args.out / "sweep.json").write_text(json.dumps(merged, indent=2))
     for name, res in merged.items():
         print_summary(name, res)
+        if "p5" in res:
+            print_summary(f"{name} (its P5 members)", res["p5"])
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

@@ -70,6 +70,10 @@ def test_merged_one_seed_runs_give_the_statistics_of_one_multi_seed_run(sweep, c
             for field in ("auc", "auc_std", "logloss", "set_only_auc", "distilled_valid_auc"):
                 assert (ours[field] is None and theirs[field] is None) or ours[field] == pytest.approx(theirs[field]), field
     assert merged["noise_ceiling"]["splits"] == 3 and merged["set_alone"]["random"] is not None
+    # a P15 sweep also states the statistics of its P5 members (the default sizes) on their own
+    p5 = {m: {k: cells[m][k] for k in ("dcn", "wukong")} for m in METHODS}
+    assert merged["p5"]["candidates"] == ["dcn", "wukong"]
+    assert merged["p5"]["kendall_tau"] == summarise(p5, METHODS, ["dcn", "wukong"])["kendall_tau"]
     # a group that failed on seed 1: the statistics keep to the seeds every method has
     partial = sweep.merge([r for r in runs if not (r[0] == 1 and "warmup" in r[1]["results"])])
     assert partial["seeds"] == [0, 2] and partial["incomplete_seeds"] == [1]
