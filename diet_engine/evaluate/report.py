@@ -249,7 +249,7 @@ def bench_report(
         for t, labels in enumerate(history_labels, 1)
     }
     temperature = float(result["config"]["candidate"].get("temperature", 1.0))
-    per_set = {m: soft_label_rates(s.stage.numpy(), s.logits.detach().numpy(), tasks, temperature) for m, s in sets.items()}
+    per_set = {m: soft_label_rates(s.stage.cpu().numpy(), s.logits.detach().cpu().numpy(), tasks, temperature) for m, s in sets.items()}
     balance = [
         StageBalance(
             stage=t, real=stage_rates[t], real_rows=len(history_labels[t - 1]),
