@@ -95,6 +95,14 @@ class Artifact(_Answer):
     url: str
 
 
+class InternalArtifact(_Answer):
+    """A file the service keeps for its workers (not downloadable): listed for lineage."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
 class BlockRef(_Answer):
     id: int
     stage: int
@@ -117,6 +125,7 @@ class Manifest(_Answer):
     config: dict[str, Any]
     metrics: dict[str, Any]
     artifacts: list[Artifact]
+    internal: list[InternalArtifact] = Field(default_factory=list)
     job: int
     created_at: datetime
 

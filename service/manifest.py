@@ -3,6 +3,11 @@
 `manifest.json` cannot carry its own sha256, so the stored file lists the two
 data artifacts, and the API's answer adds `manifest.json` itself (with the
 digest of the stored bytes, which is also its ETag).
+
+`artifacts` are what consumers pull and train from. `internal` names, with their
+size and sha256, the files the service keeps for its own workers (the
+reference's optimiser state, which only the next stage resumes from): part of the
+version's lineage, not downloadable.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from diet_engine.dataset.artifacts import OPTIMIZER
 from service.registry.tables import DatasetVersion
 
 MANIFEST = "manifest.json"
+INTERNAL_ARTIFACTS = frozenset({OPTIMIZER})
 MEDIA_TYPES = {
     "synthetic.parquet": "application/vnd.apache.parquet",
     "reference.safetensors": "application/octet-stream",
@@ -27,6 +34,12 @@ class Artifact(BaseModel):
     bytes: int
     sha256: str
     url: str  # path on this service
+
+
+class InternalArtifact(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
 
 
 class BlockRef(BaseModel):
@@ -51,6 +64,7 @@ class Manifest(BaseModel):
     config: dict[str, Any]  # {"reference": ..., "distill": ...} as run
     metrics: dict[str, Any]
     artifacts: list[Artifact]
+    internal: list[InternalArtifact] = []
     job: int
     created_at: datetime
 
@@ -78,7 +92,12 @@ def manifest(version: DatasetVersion, *, with_manifest_file: bool = True) -> Man
         artifacts=[
             Artifact(name=a["name"], bytes=a["bytes"], sha256=a["sha256"], url=file_url(label, a["name"]))
             for a in version.artifacts
-            if with_manifest_file or a["name"] != MANIFEST
+            if (with_manifest_file or a["name"] != MANIFEST) and a["name"] not in INTERNAL_ARTIFACTS
+        ],
+        internal=[
+            InternalArtifact(name=a["name"], bytes=a["bytes"], sha256=a["sha256"])
+            for a in version.artifacts
+            if a["name"] in INTERNAL_ARTIFACTS
         ],
         job=version.job_id,
         created_at=version.created_at,

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     job_checkpoint_every: int = Field(
         default=25, ge=1, description="outer iterations between checkpoints of a stage's bi-level loop"
     )
+    job_wall_time_s: float = Field(
+        default=6 * 3600.0, gt=0, description="wall-time limit of a job attempt whose stream and request set none"
+    )
+    job_max_wall_time_s: float = Field(
+        default=24 * 3600.0, gt=0, description="the largest wall-time limit a stream or a job may ask for"
+    )
     worker_threads: int = Field(
         default=0, ge=0, description="torch CPU threads of a worker (0: torch's default); a resumed stage needs the same"
     )
@@ -73,6 +79,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = str(self.data_dir / "blobs")
+        if self.job_wall_time_s > self.job_max_wall_time_s:
+            raise ValueError("job_wall_time_s must not exceed job_max_wall_time_s")
         if self.worker_device not in {"auto", "cpu"} and not self.worker_device.startswith(("cuda", "mps")):
             raise ValueError(f"worker_device must be auto, cpu, cuda[:N] or mps, not {self.worker_device!r}")
         return self

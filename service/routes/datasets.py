@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
-from service.manifest import MEDIA_TYPES, Manifest, manifest
+from service.manifest import INTERNAL_ARTIFACTS, MEDIA_TYPES, Manifest, manifest
 from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.ranges import byte_range
@@ -66,10 +66,11 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
     with db.read_session() as session:
         found = find_version(session, version)
-        artifact = next((a for a in found.artifacts if a["name"] == name), None)
+        public = [a for a in found.artifacts if a["name"] not in INTERNAL_ARTIFACTS]
+        artifact = next((a for a in public if a["name"] == name), None)
         if artifact is None:
-            names = ", ".join(a["name"] for a in found.artifacts)
-            raise Problem(404, f"{found.label} has no file {name!r} (it has {names})")
+            names = ", ".join(a["name"] for a in public)
+            raise Problem(404, f"{found.label} has no file {name!r} to download (it has {names})")
 
     size = artifact["bytes"]
     etag = f'"{artifact["sha256"]}"'

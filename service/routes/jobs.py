@@ -13,14 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diet_engine.config import DistillConfig
 from service.auth import require
-from service.deps import CeleryDep, MetricsDep, SessionDep
+from service.deps import CeleryDep, MetricsDep, SessionDep, SettingsDep
+from service.job_config import WALL_TIME, JobConfig
 from service.pages import MAX_STAGE, Id, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
 from service.routes.streams import find_stream
+from service.settings import Settings
 from worker.queue import enqueue
 
 router = APIRouter(tags=["jobs"])
@@ -32,7 +33,9 @@ class DistillRequest(BaseModel):
 
     stream: str
     stage: int = Field(ge=1, le=MAX_STAGE)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields over the stream's")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="DistillConfig fields (and wall_time_s) over the stream's distill defaults"
+    )
 
 
 class Progress(BaseModel):
@@ -87,13 +90,24 @@ def _find_job(session: Session, job_id: int, *, lock: bool = False) -> Job:
     return job
 
 
-def _effective_config(stream_defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _effective_config(stream_defaults: dict[str, Any], overrides: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The stream's defaults under the overrides, checked, with the wall-time limit the job will run under."""
     try:
-        return DistillConfig.model_validate({**stream_defaults, **overrides}).model_dump(mode="json")
+        config = JobConfig.model_validate({**stream_defaults, **overrides})
     except ValidationError as exc:
         errors = [{"loc": ["overrides", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise Problem(422, detail, title="Invalid distill overrides", errors=errors) from exc
+    wall_time_s = config.wall_time_s or settings.job_wall_time_s
+    if wall_time_s > settings.job_max_wall_time_s:
+        source = "overrides" if WALL_TIME in overrides else "the stream's distill defaults"
+        raise Problem(
+            422,
+            f"{WALL_TIME} {wall_time_s:g} (from {source}) is more than this server's maximum of "
+            f"{settings.job_max_wall_time_s:g} s (DIET_JOB_MAX_WALL_TIME_S)",
+            title="Invalid distill overrides",
+        )
+    return config.model_copy(update={WALL_TIME: wall_time_s}).model_dump(mode="json")
 
 
 def _prerequisite(session: Session, stream_id: int, stream: str, stage: int) -> Job | None:
@@ -131,7 +145,12 @@ def _send(session: Session, celery: Celery, job: Job) -> None:
 
 @router.post("/jobs/distill", status_code=202, response_model=JobOut, dependencies=[Depends(require("distill"))])
 def create_distill_job(
-    body: DistillRequest, session: SessionDep, celery: CeleryDep, metrics: MetricsDep, response: Response
+    body: DistillRequest,
+    session: SessionDep,
+    celery: CeleryDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> JobOut:
     stream = find_stream(session, body.stream)
     block = blocks.by_stage(session, stream.id, body.stage)
@@ -145,7 +164,7 @@ def create_distill_job(
     if existing is not None:
         return _same_request(existing, body, response)
 
-    config = _effective_config(stream.distill, body.overrides)
+    config = _effective_config(stream.distill, body.overrides, settings)
     after = _prerequisite(session, stream.id, stream.name, body.stage)
     try:
         job = jobs.create(
