@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
     if attempt is None:
         log.info("job %s is not runnable now (finished, cancelled, waiting, or running elsewhere)", job_id)
         return None
-    log.info("job started", extra={"job": job_id, "attempt": attempt})
+    log.info("job started", extra={"job": job_id, "attempt": attempt, "pid": os.getpid()})
     try:
         with rt.db.session() as session:
             job = jobs.get(session, job_id)

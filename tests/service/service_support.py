@@ -177,9 +177,10 @@ def start_api(env: dict[str, str], log_dir: Path, processes: list[Process], name
 
 
 def worker_process(name: str, env: dict[str, str], log_dir: Path) -> Process:
-    """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers."""
+    """A Celery worker as deployed (one job at a time, each in a fresh child process); no gossip, mingle or
+    remote control with other tests' workers."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=1",
         f"--queues={env['DIET_QUEUE']}", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
