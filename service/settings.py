@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     max_block_decoded_bytes: int = Field(
         default=32 * GIB, ge=1, description="most bytes a block's schema columns may decode to (Parquet bombs)"
     )
+    artifact_redirect: bool = Field(
+        default=False,
+        description="object storage only: answer artifact downloads with a redirect (307) to a presigned URL, "
+        "so the bytes go from the store to the client, not through the API",
+    )
+    artifact_redirect_expires_s: int = Field(
+        default=300, ge=1, le=7 * 24 * 3600, description="how long such a presigned URL stays valid"
+    )
     queue: str = Field(default="diet", min_length=1, description="Celery queue the distill jobs go through")
     worker_device: str = Field(default="auto", description="torch device of the worker; auto = cuda when present")
     job_max_retries: int = Field(default=3, ge=0, description="retries of a job after infrastructure errors")

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
 from service.auth import require
-from service.deps import DatabaseDep, SessionDep, StorageDep
+from service.deps import DatabaseDep, SessionDep, SettingsDep, StorageDep
 from service.manifest import INTERNAL_ARTIFACTS, MEDIA_TYPES, Manifest, manifest
 from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
@@ -61,8 +61,13 @@ def get_dataset(version: str, session: SessionDep) -> Manifest:
 
 @router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
 @router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
-def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
-    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
+def download(
+    version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it.
+
+    With DIET_ARTIFACT_REDIRECT on object storage, a GET is answered 307 to a presigned URL of the
+    blob instead (HEAD still answers here, with the size and ETag)."""
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
     with db.read_session() as session:
         found = find_version(session, version)
@@ -82,6 +87,11 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     }
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    if settings.artifact_redirect and request.method == "GET":
+        url = storage.presigned_url(artifact["key"], settings.artifact_redirect_expires_s)
+        if url is not None:  # the client follows it with its Range, and checks the bytes against the ETag
+            redirect = {"Location": url, "ETag": etag, "Cache-Control": "private, no-store"}
+            return Response(status_code=307, headers=redirect)
     if_range = request.headers.get("if-range")
     wanted = byte_range(request.headers.get("range"), size) if if_range in (None, etag) else None
     status, (first, last) = (206, wanted) if wanted else (200, (0, size - 1))
