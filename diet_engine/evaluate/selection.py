@@ -43,9 +43,11 @@ def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
     return torch.from_numpy(np.unique(nearest)).long()
 
 
-def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int) -> SyntheticSet:
-    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint."""
-    rows = embed_rows(reference, block)
+def selected_rows(
+    method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int, device: str = "cpu"
+) -> SyntheticSet:
+    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint (on `device`)."""
+    rows = embed_rows(reference, block, device, out_device=None)
     k = budget_of(len(block), ratio)
     if method == "random":
         idx = select_random(len(block), k, seed * 7919 + stage)
@@ -55,6 +57,6 @@ def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: i
         idx = select_kmeans(rows, k, seed * 7919 + stage)
     else:
         raise ValueError(f"unknown selection method {method!r}; one of {SELECTION_METHODS}")
-    out = rows.take(idx)
+    out = rows.take(idx.to(rows.emb.device))
     out.stage[:] = stage
     return out
