@@ -89,9 +89,9 @@ class DistillConfig(_Config):
     proxy_models: list[str] = Field(default_factory=list, max_length=16)
     pool_size: int = Field(default=4, ge=1, le=64)
     pool_lr: float = Field(default=1e-3, gt=0)
-    pool_batch: int = Field(default=64, ge=1)
-    pool_horizon: int = Field(default=600, ge=1)
-    pool_advance: int = Field(default=5, ge=0)
+    pool_batch: int = Field(default=64, ge=1, le=MAX_BATCH)
+    pool_horizon: int = Field(default=600, ge=1, le=MAX_OUTER_ITERS * MAX_INNER_STEPS)
+    pool_advance: int = Field(default=5, ge=0, le=MAX_INNER_STEPS)
     seed: int = 0
     # speed only (results equal up to float rounding): rows per influence/scoring chunk, and on a GPU
     # the inner unroll and meta-gradient replayed as captured CUDA graphs (ignored on a CPU)
