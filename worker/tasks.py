@@ -36,9 +36,9 @@ from diet_engine.dataset.artifacts import OPTIMIZER, REFERENCE, SYNTHETIC
 from diet_engine.distill.checkpoint import FILES as CHECKPOINT_FILES
 from diet_engine.distill.checkpoint import StageCheckpoint, file_sha256
 from diet_engine.config import DistillConfig, ReferenceConfig
-from service import job_config
 from diet_engine.distill.stage import StageResult, distill_stage
 from diet_engine.data.schema import StreamSchema
+from service import job_config
 from service.manifest import INTERNAL_ARTIFACTS, MANIFEST, manifest
 from service.registry import datasets, jobs, streams
 from service.registry.db import Database
@@ -73,6 +73,7 @@ class Runtime:
     db: Database
     storage: Storage
     clock: Callable[[], float] = time.monotonic  # what a job's wall time is measured by
+
     @property
     def device(self) -> str:
         if self.settings.worker_device != "auto":
@@ -242,7 +243,7 @@ def _distill(rt: Runtime, job_id: int, attempt: int, plan: _Plan, reporter: JobR
         if plan.parent is not None:
             previous = scratch / "previous"
             previous.mkdir()
-            _copy_checked(rt, plan.parent, previous)
+            _copy_checked(rt, plan.parent, f"{plan.stream}@v{plan.parent.number}", previous)
         out = scratch / "out"
         result = distill_stage(
             plan.schema,
@@ -268,7 +269,7 @@ def _distill(rt: Runtime, job_id: int, attempt: int, plan: _Plan, reporter: JobR
                 rt.storage.delete(blob.key)  # gone already where it was renamed into place
 
 
-def _copy_checked(rt: Runtime, version: DatasetVersion, folder: Path) -> None:
+def _copy_checked(rt: Runtime, version: DatasetVersion, label: str, folder: Path) -> None:
     """The version's data artifacts in `folder`, each checked against the sha256 its row records."""
     for artifact in version.artifacts:
         if artifact["name"] not in DATA_ARTIFACTS:
@@ -276,7 +277,7 @@ def _copy_checked(rt: Runtime, version: DatasetVersion, folder: Path) -> None:
         path = rt.storage.local_copy(artifact["key"], folder, artifact["name"])
         if (found := file_sha256(path)) != artifact["sha256"]:
             raise CorruptArtifact(
-                f"{version.label}'s {artifact['name']} in storage has sha256 {found}, its row says {artifact['sha256']}"
+                f"{label}'s {artifact['name']} in storage has sha256 {found}, its row says {artifact['sha256']}"
             )
 
 

@@ -50,13 +50,15 @@ TINY_REFERENCE = {"arch": {"embedding_dim": 4, "hidden": [8], "n_experts": 2, "e
 
 @pytest.fixture
 def tiny(admin, tiny_stream) -> str:
-    """A stream of the small generated log (tests/engine_support.py) with a small reference, and its first block."""
+    """A stream of the small generated log (tests/engine_support.py) with a small reference, and two blocks."""
     _, root = tiny_stream
     name = f"t_{secrets.token_hex(4)}"
     body = {"name": name, "schema": json.loads((root / "schema.json").read_text()), "reference": TINY_REFERENCE}
     assert admin.post("/streams", json=body).status_code == 201
-    block = admin.post("/blocks", params={"stream": name}, content=(root / "h1.parquet").read_bytes(), headers=PARQUET)
-    assert block.status_code == 201, block.text
+    for split in ("h1", "h2"):
+        block = admin.post("/blocks", params={"stream": name}, content=(root / f"{split}.parquet").read_bytes(),
+                           headers=PARQUET)  # fmt: skip
+        assert block.status_code == 201, block.text
     return name
 
 
@@ -159,3 +161,26 @@ def test_a_wall_time_limit_stops_a_real_clock_too(admin, runtime, tiny):
     assert run_job(runtime, job["id"], send=lambda _: None) is None
     failed = admin.get(f"/jobs/{job['id']}").json()
     assert failed["status"] == "failed" and "past the job's wall-time limit of 0.001 s" in failed["error"]
+
+
+def test_the_internal_optimiser_state_is_checked_against_its_sha256_before_the_next_stage_uses_it(
+    admin, runtime, tiny
+):
+    quick = {"outer_iters": 2}
+    first = admin.post("/jobs/distill", json={"stream": tiny, "stage": 1, "overrides": quick}).json()
+    assert run_job(runtime, first["id"], send=lambda _: None) is None
+    manifest = admin.get(f"/datasets/{tiny}@v1").json()
+    [internal] = manifest["internal"]
+    assert internal["name"] == "optimizer.safetensors" and internal["name"] not in {a["name"] for a in manifest["artifacts"]}
+    stored = runtime.storage.path(f"datasets/{tiny}/job-{first['id']}/optimizer.safetensors")
+    with open(stored, "r+b") as fh:  # a bit flipped in the store
+        fh.seek(internal["bytes"] - 1)
+        last = fh.read(1)
+        fh.seek(internal["bytes"] - 1)
+        fh.write(bytes([last[0] ^ 1]))
+
+    second = admin.post("/jobs/distill", json={"stream": tiny, "stage": 2, "overrides": quick}).json()
+    assert run_job(runtime, second["id"], send=lambda _: None) is None
+    failed = admin.get(f"/jobs/{second['id']}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith(f"CorruptArtifact: {tiny}@v1's optimizer.safetensors in storage has sha256 ")
