@@ -111,9 +111,11 @@ def bench(
     """Train every (method, model) cell, test it, print the table and write results.json."""
     from diet_engine.evaluate.bench import BenchConfig, run_bench
 
-    extra = {"candidate_repeats": candidate_repeats, **(json.loads(config.read_text()) if config else {})}
+    # the --config file's values win over the options' (benchmarks/sweep.py passes device, repeats … there)
+    options = {"candidate_repeats": candidate_repeats, "device": device}
+    extra = {**options, **(json.loads(config.read_text()) if config else {})}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
-                      ratio=ratio, seed=seed, seeds=seeds, device=device, **extra)
+                      ratio=ratio, seed=seed, seeds=seeds, **extra)
     total = len(cfg.methods) * len(cfg.models) * cfg.seeds
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:

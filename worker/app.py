@@ -5,7 +5,7 @@ Run one worker per GPU (pin it with CUDA_VISIBLE_DEVICES, or one container per G
     celery -A worker.app worker --concurrency=1
 
 Each job runs in a process of its own (prefork pool, one child, replaced after every job:
-worker_max_tasks_per_child=1 in worker.queue), so the CUDA memory a stage took is given back to
+worker_max_tasks_per_child=1 in service.queue), so the CUDA memory a stage took is given back to
 the driver when it ends, whatever the caching allocator kept. The child is SIGKILLed with its
 parent (Celery sets PR_SET_PDEATHSIG), so a killed worker leaves no stage running.
 """
@@ -16,10 +16,10 @@ from celery.signals import setup_logging, worker_init
 
 from service import logs
 from service.settings import get_settings
-from worker.queue import make_celery, prepare_broker
+from service.queue import make_celery, prepare_broker
 from worker.scratch import sweep_abandoned
 
-app = make_celery(get_settings())
+app = make_celery(get_settings(), include=["worker.tasks"])
 
 
 @setup_logging.connect

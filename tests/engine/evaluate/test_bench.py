@@ -90,13 +90,14 @@ def test_bench_command_takes_repeats_from_its_config_and_prints_the_set_alone_co
     _, root = tiny_stream
     cfg = small_config(root, tmp_path, candidate_repeats=2)
     overrides = tmp_path / "config.json"
-    overrides.write_text(json.dumps(cfg.model_dump(mode="json", include={"candidate_repeats", "reference", "candidate", "distill"})))
+    # the file may name the device too (sweep.py writes it there); its value wins over the option's
+    overrides.write_text(json.dumps(cfg.model_dump(mode="json", include={"candidate_repeats", "reference", "candidate", "distill", "device"})))
     result = CliRunner().invoke(app, ["bench", "--data", str(root), "--out", str(tmp_path / "out"), "--methods", "warmup,el2n",
-                                      "--models", "dcn", "--ratio", "0.05", "--config", str(overrides)])
+                                      "--models", "dcn", "--ratio", "0.05", "--config", str(overrides), "--device", "cuda:7"])
     assert result.exit_code == 0, result.output
     assert "set alone" in result.output and "τ vs full" in result.output
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["config"]["candidate_repeats"] == 2
+    assert saved["config"]["candidate_repeats"] == 2 and saved["config"]["device"] == "cpu"
     assert len(saved["results"]["el2n"]["dcn"]["auc_repeats"][0]) == 2
 
 
