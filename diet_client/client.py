@@ -315,7 +315,7 @@ class DietClient:
         while part.size < artifact.bytes:
             headers = {"Range": f"bytes={part.size}-", "If-Range": etag} if part.size else {}
             try:
-                with self._stream("GET", artifact.url, headers=headers) as response:
+                with self._download(artifact.url, headers) as response:
                     if response.status_code != 206:
                         part.restart()  # the whole file came back
                     if on_progress:
@@ -331,6 +331,25 @@ class DietClient:
                 if failures > self.retries:
                     raise ServiceUnreachable(f"downloading {artifact.url}: {exc}") from exc
                 self._sleep(self._delay(failures - 1, None))
+
+    @contextmanager
+    def _download(self, url: str, headers: dict[str, str]) -> Iterator[httpx.Response]:
+        """The artifact's bytes: from the service, or from where it redirects (a presigned object-store
+        URL, DIET_ARTIFACT_REDIRECT). The redirect's target gets the Range only: not the token, which is
+        the service's, nor If-Range, since the store's ETag is not the sha256 (checked once the file is whole)."""
+        with self._stream("GET", url, headers=headers) as response:
+            if not response.is_redirect:
+                yield response
+                return
+            location = str(response.url.join(response.headers["location"]))
+        ranged = {k: v for k, v in headers.items() if k == "Range"}
+        redirected = self._http.send(httpx.Request("GET", location, headers=ranged), stream=True)
+        try:
+            if redirected.is_error:  # an expired URL, a store hiccup: ask the service for a fresh one
+                raise httpx.RemoteProtocolError(f"the object store answered {redirected.status_code}")
+            yield redirected
+        finally:
+            redirected.close()
 
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
         return model.model_validate(self._request(method, path, **kwargs).json())

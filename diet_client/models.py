@@ -101,6 +101,14 @@ class Artifact(_Answer):
     url: str  # path on the service
 
 
+class InternalArtifact(_Answer):
+    """A file the service keeps for its workers (not downloadable): listed for lineage."""
+
+    name: str
+    bytes: int
+    sha256: str
+
+
 class BlockRef(_Answer):
     id: int
     stage: int
@@ -125,6 +133,7 @@ class Manifest(_Answer):
     config: dict[str, Any]  # {"reference": ..., "distill": ...} as run
     metrics: dict[str, Any]
     artifacts: list[Artifact]
+    internal: list[InternalArtifact] = Field(default_factory=list)
     job: int
     created_at: datetime
 

@@ -1,4 +1,9 @@
-"""Every knob of reference training, distillation and candidate training, as pydantic models."""
+"""Every knob of reference training, distillation and candidate training, as pydantic models.
+
+Every size and count has an upper bound (`le=`), so a configuration the service accepts is one a
+worker can run: each bound is far above anything the benchmarks use (README.md, "Limits"), and a
+value beyond it is refused at validation (a 422 from the service) instead of holding a GPU for days.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diet_engine.models.base import ModelConfig
+
+
+# Upper bounds of the sizes and counts below (the benchmarks' largest values are 10-100x smaller).
+MAX_BATCH = 1 << 20  # rows per batch of any kind
+MAX_POOL_ROWS = 1 << 22  # real rows held on the device for addressing and the outer loss
+MAX_OUTER_ITERS = 100_000
+MAX_INNER_STEPS = 1_000
+MAX_EPOCHS = 1_000
+MAX_LR_TRIALS = 16
 
 
 class _Config(BaseModel):
@@ -18,7 +32,7 @@ class TrainConfig(_Config):
 
     lr: float = Field(default=1e-3, gt=0)
     embedding_lr: float | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
     weight_decay: float = Field(default=0.0, ge=0)
     # bf16 autocast of the forward pass (GPU speed); check the AUC against fp32 before relying on it
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -54,16 +68,16 @@ class DistillConfig(_Config):
     # (|A| = window x inner steps) cost 0.002-0.003 test AUC on ML-100K in every sweep (benchmarks/README.md)
     memory_selection: bool = False
     hard_ratio: float = Field(default=0.1, gt=0, le=1)
-    target_pool_rows: int = Field(default=8192, ge=1)
-    address_every: int = Field(default=5, ge=1)
+    target_pool_rows: int = Field(default=8192, ge=1, le=MAX_POOL_ROWS)
+    address_every: int = Field(default=5, ge=1, le=MAX_OUTER_ITERS)
     influence_params: Literal["head", "dense"] = "dense"
     # bi-level optimisation
-    outer_iters: int = Field(default=300, ge=0)
-    inner_steps: int = Field(default=10, ge=1)
-    window: int = Field(default=5, ge=1)
-    inner_batch: int = Field(default=64, ge=1)
+    outer_iters: int = Field(default=300, ge=0, le=MAX_OUTER_ITERS)
+    inner_steps: int = Field(default=10, ge=1, le=MAX_INNER_STEPS)
+    window: int = Field(default=5, ge=1, le=MAX_INNER_STEPS)
+    inner_batch: int = Field(default=64, ge=1, le=MAX_BATCH)
     inner_lr: float = Field(default=0.05, gt=0)
-    outer_batch: int = Field(default=1024, ge=1)
+    outer_batch: int = Field(default=1024, ge=1, le=MAX_BATCH)
     lr_embedding: float = Field(default=1e-2, gt=0)
     lr_logits: float = Field(default=1e-1, gt=0)
     temperature: float = Field(default=2.0, gt=0, description="soft labels are sigmoid(logit / temperature)")
@@ -75,13 +89,13 @@ class DistillConfig(_Config):
     proxy_models: list[str] = Field(default_factory=list, max_length=16)
     pool_size: int = Field(default=4, ge=1, le=64)
     pool_lr: float = Field(default=1e-3, gt=0)
-    pool_batch: int = Field(default=64, ge=1)
-    pool_horizon: int = Field(default=600, ge=1)
-    pool_advance: int = Field(default=5, ge=0)
+    pool_batch: int = Field(default=64, ge=1, le=MAX_BATCH)
+    pool_horizon: int = Field(default=600, ge=1, le=MAX_OUTER_ITERS * MAX_INNER_STEPS)
+    pool_advance: int = Field(default=5, ge=0, le=MAX_INNER_STEPS)
     seed: int = 0
     # speed only (results equal up to float rounding): rows per influence/scoring chunk, and on a GPU
     # the inner unroll and meta-gradient replayed as captured CUDA graphs (ignored on a CPU)
-    score_batch: int = Field(default=4096, ge=1)
+    score_batch: int = Field(default=4096, ge=1, le=MAX_BATCH)
     cuda_graph: bool = False
 
     @field_validator("proxy_models")
@@ -105,12 +119,12 @@ class CandidateConfig(_Config):
 
     arch: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    distilled_epochs: int = Field(default=8, ge=1)
-    distilled_batch: int = Field(default=64, ge=1)
+    distilled_epochs: int = Field(default=8, ge=1, le=MAX_EPOCHS)
+    distilled_batch: int = Field(default=64, ge=1, le=MAX_BATCH)
     # learning rates tried for the distilled phase, each from the same initial weights; the (rate, epoch)
     # best on validation is kept. One rate by default: on ML-100K (8 seeds) [1e-3, 3e-3] moved no method's
     # mean test AUC by more than 0.0007, doubled the phase's cost and scrambled the models' order (τ 1.0 → 0.2)
-    distilled_lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1)
+    distilled_lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1, max_length=MAX_LR_TRIALS)
     # flatter soft labels: on ML-100K T=2 helped every reduced-data method (3-seed sweep)
     temperature: float = Field(default=2.0, gt=0)
     # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;

@@ -3,15 +3,22 @@
 `manifest.json` cannot carry its own sha256, so the stored file lists the two
 data artifacts, and the API's answer adds `manifest.json` itself (with the
 digest of the stored bytes, which is also its ETag).
+
+`artifacts` are what consumers pull and train from. `internal` names, with their
+size and sha256, the files the service keeps for its own workers (the
+reference's optimiser state, which only the next stage resumes from): part of the
+version's lineage, not downloadable.
 """
 
 from __future__ import annotations
 
-from diet_client.models import Artifact, Manifest
+from diet_client.models import Artifact, InternalArtifact, Manifest
+from diet_engine.dataset.artifacts import OPTIMIZER
 from service.answers import from_row
 from service.registry.tables import DatasetVersion
 
 MANIFEST = "manifest.json"
+INTERNAL_ARTIFACTS = frozenset({OPTIMIZER})
 MEDIA_TYPES = {
     "synthetic.parquet": "application/vnd.apache.parquet",
     "reference.safetensors": "application/octet-stream",
@@ -34,7 +41,12 @@ def manifest(version: DatasetVersion, *, with_manifest_file: bool = True) -> Man
         artifacts=[
             Artifact(name=a["name"], bytes=a["bytes"], sha256=a["sha256"], url=file_url(label, a["name"]))
             for a in version.artifacts
-            if with_manifest_file or a["name"] != MANIFEST
+            if (with_manifest_file or a["name"] != MANIFEST) and a["name"] not in INTERNAL_ARTIFACTS
+        ],
+        internal=[
+            InternalArtifact(name=a["name"], bytes=a["bytes"], sha256=a["sha256"])
+            for a in version.artifacts
+            if a["name"] in INTERNAL_ARTIFACTS
         ],
         job=version.job_id,
     )

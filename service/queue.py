@@ -48,7 +48,12 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         task_ignore_result=True,  # the job row holds the outcome
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # One job at a time per worker (a worker is one GPU), each in a fresh child process that exits
+        # after it: the only sure way to hand a stage's CUDA memory back. Nothing more is reserved
+        # from the broker than the job running (prefetch 1, acknowledged once it is done).
+        worker_concurrency=1,
         worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=1,
         worker_hijack_root_logger=False,
         # A dead broker must fail a request quickly (the job row stays; it is sent again later).
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},

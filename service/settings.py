@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     max_block_decoded_bytes: int = Field(
         default=32 * GIB, ge=1, description="most bytes a block's schema columns may decode to (Parquet bombs)"
     )
+    artifact_redirect: bool = Field(
+        default=False,
+        description="object storage only: answer artifact downloads with a redirect (307) to a presigned URL, "
+        "so the bytes go from the store to the client, not through the API",
+    )
+    artifact_redirect_expires_s: int = Field(
+        default=300, ge=1, le=7 * 24 * 3600, description="how long such a presigned URL stays valid"
+    )
     queue: str = Field(default="diet", min_length=1, description="Celery queue the distill jobs go through")
     worker_device: str = Field(default="auto", description="torch device of the worker; auto = cuda when present")
     job_max_retries: int = Field(default=3, ge=0, description="retries of a job after infrastructure errors")
@@ -48,6 +56,12 @@ class Settings(BaseSettings):
     job_stale_after_s: float = Field(default=120.0, gt=0, description="a running job silent this long is lost")
     job_checkpoint_every: int = Field(
         default=25, ge=1, description="outer iterations between checkpoints of a stage's bi-level loop"
+    )
+    job_wall_time_s: float = Field(
+        default=6 * 3600.0, gt=0, description="wall-time limit of a job attempt whose stream and request set none"
+    )
+    job_max_wall_time_s: float = Field(
+        default=24 * 3600.0, gt=0, description="the largest wall-time limit a stream or a job may ask for"
     )
     worker_threads: int = Field(
         default=0, ge=0, description="torch CPU threads of a worker (0: torch's default); a resumed stage needs the same"
@@ -79,6 +93,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = str(self.data_dir / "blobs")
+        if self.job_wall_time_s > self.job_max_wall_time_s:
+            raise ValueError("job_wall_time_s must not exceed job_max_wall_time_s")
         if self.worker_device not in {"auto", "cpu"} and not self.worker_device.startswith(("cuda", "mps")):
             raise ValueError(f"worker_device must be auto, cpu, cuda[:N] or mps, not {self.worker_device!r}")
         return self

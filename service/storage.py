@@ -90,7 +90,12 @@ class BlobWriter:
 class Storage:
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        options = dict(options or {})
+        if "://" in url and not url.startswith("file://"):
+            # Other processes (the API, the workers) write to the same bucket: a listing cached here
+            # would hide their blobs, or show ones they have renamed away.
+            options.setdefault("use_listings_cache", False)
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
         self._real_root = os.path.realpath(self.root) if self.is_local else ""
@@ -217,6 +222,13 @@ class Storage:
             with self.open(key) as src, open(dest, "wb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
         return dest
+
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A URL that reads the blob straight from the object store for `expires_s` seconds, without
+        this service's credentials (None for local storage, which has no such URL)."""
+        if self.is_local:
+            return None
+        return str(self.fs.url(self.path(key), expires=expires_s))
 
     def ping(self) -> None:
         """Raise unless the storage answers."""

@@ -1,9 +1,14 @@
 """The worker's Celery app, configured from `DIET_*` environment variables.
 
-Run one worker per GPU (pin it with CUDA_VISIBLE_DEVICES):
+Run one worker per GPU (pin it with CUDA_VISIBLE_DEVICES, or one container per GPU):
 
-    celery -A worker.app worker --pool=solo --concurrency=1
+    celery -A worker.app worker --concurrency=1
     celery -A worker.app beat       # exactly one per deployment: sends the periodic retention sweep
+
+Each job runs in a process of its own (prefork pool, one child, replaced after every job:
+worker_max_tasks_per_child=1 in service.queue), so the CUDA memory a stage took is given back to
+the driver when it ends, whatever the caching allocator kept. The child is SIGKILLed with its
+parent (Celery sets PR_SET_PDEATHSIG), so a killed worker leaves no stage running.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -20,18 +21,33 @@ class JobAborted(Exception):
     """The job was cancelled, or taken over by another attempt, while this one ran."""
 
 
+class WallTimeExceeded(Exception):
+    """The attempt ran longer than the job's wall-time limit."""
+
+
 class JobReporter:
     """Writes progress (on each new phase, else at most once per `min_interval_s`) and, from a
     thread, a heartbeat every `heartbeat_s`, so that a silent job can be told from a slow one.
 
     `progress` is the engine's callback: it raises JobAborted once the row says the job is no
-    longer this attempt's, which is how a cancellation stops the engine mid-stage.
+    longer this attempt's, which is how a cancellation stops the engine mid-stage, and
+    WallTimeExceeded once the attempt has run `wall_time_s` (None: no limit).
     """
 
     def __init__(
-        self, db: Database, job_id: int, attempt: int, heartbeat_s: float, min_interval_s: float = 1.0
+        self,
+        db: Database,
+        job_id: int,
+        attempt: int,
+        heartbeat_s: float,
+        min_interval_s: float = 1.0,
+        wall_time_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
+        self.wall_time_s = wall_time_s
+        self._clock = clock
+        self._started = clock()
         self.job_id = job_id
         self.attempt = attempt
         self.heartbeat_s = heartbeat_s
@@ -62,6 +78,13 @@ class JobReporter:
     def check(self) -> None:
         if self.lost.is_set():
             raise JobAborted(f"job {self.job_id} is no longer attempt {self.attempt}'s to run")
+        ran = self._clock() - self._started
+        if self.wall_time_s is not None and ran > self.wall_time_s:
+            raise WallTimeExceeded(
+                f"attempt {self.attempt} ran {ran:.1f} s, past the job's wall-time limit of {self.wall_time_s:g} s; "
+                "its checkpoint is kept: ask for the stage again (POST /jobs/distill, a larger overrides.wall_time_s "
+                "if need be) and the new job resumes from it"
+            )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

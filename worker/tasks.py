@@ -1,9 +1,11 @@
 """The distill task: job row -> engine (`distill_stage`) -> artifacts in storage -> dataset version.
 
 The stage checkpoints its progress (diet_engine.distill.checkpoint) and each checkpoint
-file is copied to storage under `checkpoints/<stream>/job-<id>/`, so the next
+file is copied to storage under `checkpoints/<stream>/stage-<t>/`, so the next
 attempt at a job, on any worker, resumes where the last one stopped (the
-fingerprint in the files makes sure it computes the same bytes). Artifacts are
+fingerprint in the files makes sure it computes the same bytes). An attempt that
+runs past the job's wall-time limit fails the job but keeps the checkpoint, which
+the next job for the same stage resumes. Artifacts are
 written to temporary blobs and renamed into place only by the attempt that
 still owns the job, with its row locked; the version row and the job's success
 are then committed in one transaction. Infrastructure errors (storage,
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -28,20 +32,21 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC
+from diet_engine.dataset.artifacts import OPTIMIZER, REFERENCE, SYNTHETIC
 from diet_engine.distill.checkpoint import FILES as CHECKPOINT_FILES
-from diet_engine.distill.checkpoint import StageCheckpoint
+from diet_engine.distill.checkpoint import StageCheckpoint, file_sha256
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.distill.stage import StageResult, distill_stage
 from diet_engine.data.schema import StreamSchema
-from service.manifest import MANIFEST, manifest
+from service import job_config
+from service.manifest import INTERNAL_ARTIFACTS, MANIFEST, manifest
 from service.registry import datasets, jobs, streams
 from service.registry.db import Database
 from service.registry.tables import DatasetVersion, Job, JobStatus, utcnow
 from service.settings import Settings, get_settings
 from service.storage import Blob, Storage
 from worker.app import app
-from worker.progress import JobAborted, JobReporter
+from worker.progress import JobAborted, JobReporter, WallTimeExceeded
 from service.queue import DISTILL_TASK, enqueue
 from worker.scratch import scratch_folder
 
@@ -53,7 +58,13 @@ INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
     InterfaceError,
     BrokerError,
 )
-DATA_ARTIFACTS = (SYNTHETIC, REFERENCE)
+# What a stage writes and the next one reads; OPTIMIZER is internal (kept for the workers, not listed
+# for consumers), and missing from versions made before it existed.
+DATA_ARTIFACTS = (SYNTHETIC, REFERENCE, OPTIMIZER)
+
+
+class CorruptArtifact(Exception):
+    """A stored artifact whose bytes are not the ones its version recorded."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class Runtime:
     settings: Settings
     db: Database
     storage: Storage
+    clock: Callable[[], float] = time.monotonic  # what a job's wall time is measured by
 
     @property
     def device(self) -> str:
@@ -120,10 +132,15 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
     if attempt is None:
         log.info("job %s is not runnable now (finished, cancelled, waiting, or running elsewhere)", job_id)
         return None
-    log.info("job started", extra={"job": job_id, "attempt": attempt})
+    log.info("job started", extra={"job": job_id, "attempt": attempt, "pid": os.getpid()})
     try:
-        with JobReporter(rt.db, job_id, attempt, rt.settings.job_heartbeat_s) as reporter:
-            label = _distill(rt, job_id, attempt, reporter)
+        with rt.db.session() as session:
+            job = jobs.get(session, job_id)
+            assert job is not None  # claimed a moment ago; job rows are never deleted
+            plan = _plan(session, job, rt.settings)
+        with JobReporter(rt.db, job_id, attempt, rt.settings.job_heartbeat_s, wall_time_s=plan.wall_time_s,
+                         clock=rt.clock) as reporter:
+            label = _distill(rt, job_id, attempt, plan, reporter)
     except JobAborted as exc:
         log.info("job %s stopped: %s", job_id, exc)
         with rt.db.session() as session:
@@ -148,7 +165,7 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
 
 
 def _checkpoint_prefix(job: Job) -> str:
-    return datasets.checkpoint_prefix(job.stream.name, job.id)
+    return datasets.checkpoint_prefix(job.stream.name, job.stage)
 
 
 def _drop_checkpoint(rt: Runtime, prefix: str) -> None:
@@ -168,7 +185,8 @@ def _failed(rt: Runtime, job_id: int, attempt: int, exc: Exception) -> float | N
         else:
             owned = jobs.fail(session, job_id, attempt, error)
         session.commit()
-        if owned and not retry:
+        # Out of time: the next job for the stage resumes from the checkpoint.
+        if owned and not retry and not isinstance(exc, WallTimeExceeded):
             _drop_checkpoint(rt, _checkpoint_prefix(jobs.get(session, job_id)))
     return rt.retry_delay(attempt) if retry and owned else None
 
@@ -183,19 +201,22 @@ class _Plan:
     schema: StreamSchema
     reference: ReferenceConfig
     config: DistillConfig
+    wall_time_s: float
     block: dict[str, Any]
     block_key: str
     parent: DatasetVersion | None
 
 
-def _plan(session: Session, job: Job) -> _Plan:
+def _plan(session: Session, job: Job, settings: Settings) -> _Plan:
+    config, wall_time_s = job_config.split(job.config, settings.job_wall_time_s)
     return _Plan(
         stream=job.stream.name,
         stage=job.stage,
         checkpoint_prefix=_checkpoint_prefix(job),
         schema=StreamSchema.model_validate(job.stream.schema_doc),
         reference=ReferenceConfig.model_validate(job.stream.reference),
-        config=DistillConfig.model_validate(job.config),
+        config=config,
+        wall_time_s=wall_time_s,
         block={"id": job.block.id, "stage": job.block.stage, "sha256": job.block.sha256, "rows": job.block.rows},
         block_key=job.block.key,
         parent=_parent(session, job),
@@ -215,21 +236,14 @@ def _parent(session: Session, job: Job) -> DatasetVersion | None:
     return parent
 
 
-def _distill(rt: Runtime, job_id: int, attempt: int, reporter: JobReporter) -> str:
-    with rt.db.session() as session:
-        job = jobs.get(session, job_id)
-        assert job is not None  # claimed a moment ago; job rows are never deleted
-        plan = _plan(session, job)
-
+def _distill(rt: Runtime, job_id: int, attempt: int, plan: _Plan, reporter: JobReporter) -> str:
     with scratch_folder(job_id) as scratch:
         block_path = rt.storage.local_copy(plan.block_key, scratch, "block.parquet")
         previous = None
         if plan.parent is not None:
             previous = scratch / "previous"
             previous.mkdir()
-            keys = {a["name"]: a["key"] for a in plan.parent.artifacts}
-            for name in DATA_ARTIFACTS:
-                rt.storage.local_copy(keys[name], previous, name)
+            _copy_checked(rt, plan.parent, f"{plan.stream}@v{plan.parent.number}", previous)
         out = scratch / "out"
         result = distill_stage(
             plan.schema,
@@ -248,10 +262,23 @@ def _distill(rt: Runtime, job_id: int, attempt: int, reporter: JobReporter) -> s
         try:
             for name in DATA_ARTIFACTS:
                 staged[name] = rt.storage.stage_file(out / result.files[name])
+            assert INTERNAL_ARTIFACTS <= set(staged)
             return _register(rt, job_id, attempt, plan, result, staged)
         finally:
             for blob in staged.values():
                 rt.storage.delete(blob.key)  # gone already where it was renamed into place
+
+
+def _copy_checked(rt: Runtime, version: DatasetVersion, label: str, folder: Path) -> None:
+    """The version's data artifacts in `folder`, each checked against the sha256 its row records."""
+    for artifact in version.artifacts:
+        if artifact["name"] not in DATA_ARTIFACTS:
+            continue
+        path = rt.storage.local_copy(artifact["key"], folder, artifact["name"])
+        if (found := file_sha256(path)) != artifact["sha256"]:
+            raise CorruptArtifact(
+                f"{label}'s {artifact['name']} in storage has sha256 {found}, its row says {artifact['sha256']}"
+            )
 
 
 def _checkpoint(rt: Runtime, plan: _Plan, folder: Path) -> StageCheckpoint:

@@ -1,4 +1,4 @@
-"""The two artifacts of a dataset version, written and read back bit for bit.
+"""The artifacts of a dataset version, written and read back bit for bit.
 
 * `synthetic.parquet`: one row per distilled row — `stage` (int32), `embedding`
   (fixed-size list of F×D float32, row-major [field, dim]) and one float32
@@ -7,10 +7,13 @@
   `src_num` (float32), which the next stage re-anchors the row by. The file's
   metadata says F, D and the tasks.
 * `reference.safetensors`: the reference checkpoint (embedding tables and dense
-  weights, plus Adam's moments under `optimizer.*` that the next stage continues) with
-  its model name, architecture, schema, stage and the number of historical rows seen in
-  the metadata. No pickles. Written with its header in a fixed order, so the same
-  checkpoint always gives the same bytes (and sha256).
+  weights) with its model name, architecture, schema, stage and the number of historical
+  rows seen in the metadata. No pickles. Written with its header in a fixed order, so the
+  same checkpoint always gives the same bytes (and sha256).
+* `optimizer.safetensors`: the reference's Adam moments, which only the next stage
+  continues from (twice the size of the weights): internal to the service, which keeps it
+  for its workers and does not hand it to consumers. Versions written before it existed
+  carry the moments inside the reference, under `optimizer.*`; `load_reference` reads both.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from diet_engine.data.synthetic import SyntheticSet
 
 SYNTHETIC = "synthetic.parquet"
 REFERENCE = "reference.safetensors"
+OPTIMIZER = "optimizer.safetensors"
 
 
 def save_synthetic(path: Path, syn: SyntheticSet, tasks: list[str]) -> None:
@@ -102,8 +106,8 @@ OPTIMIZER_PREFIX = "optimizer."
 
 
 def save_reference(path: Path, model: CTRModel, arch: ModelConfig, stage: int, history_rows: int) -> None:
+    """The weights (what consumers use); the optimiser's moments go to `save_optimizer`."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    state.update({OPTIMIZER_PREFIX + k: v.contiguous() for k, v in model.optimizer_state.items()})
     meta = {
         "diet.model": model.name,
         "diet.arch": arch.model_dump_json(),
@@ -111,6 +115,16 @@ def save_reference(path: Path, model: CTRModel, arch: ModelConfig, stage: int, h
         "diet.stage": str(stage),
         "diet.history_rows": str(history_rows),
     }
+    _write_safetensors(path, state, meta)
+
+
+def save_optimizer(path: Path, model: CTRModel, stage: int) -> None:
+    """The reference's Adam moments (`model.optimizer_state`; none when the stage keeps no optimiser)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.optimizer_state.items()}
+    _write_safetensors(path, state, {"diet.model": model.name, "diet.stage": str(stage)})
+
+
+def _write_safetensors(path: Path, state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(canonical_safetensors(safetensors_bytes(state, metadata=meta)))
     tmp.replace(path)
@@ -146,12 +160,20 @@ def reference_info(path: Path) -> ReferenceInfo:
     )
 
 
-def load_reference(path: Path) -> tuple[CTRModel, ReferenceInfo]:
+def load_reference(path: Path, optimizer: Path | None = None) -> tuple[CTRModel, ReferenceInfo]:
+    """The reference model; its `optimizer_state` from `optimizer` when given (else whatever moments
+    a reference written before `optimizer.safetensors` existed carries itself)."""
     info = reference_info(path)
     model = build_model(info.model, info.schema, info.arch)
     tensors = load_file(str(path))
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
     model.optimizer_state = {k.removeprefix(OPTIMIZER_PREFIX): v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)}
+    if optimizer is not None:
+        with safe_open(str(optimizer), framework="pt") as fh:
+            stage = int(fh.metadata()["diet.stage"])
+        if stage != info.stage:
+            raise ValueError(f"{optimizer.name} is of stage {stage}, its reference of stage {info.stage}")
+        model.optimizer_state = load_file(str(optimizer))
     return model, info
 
 

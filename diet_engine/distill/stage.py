@@ -19,7 +19,16 @@ import torch
 from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
-from diet_engine.dataset.artifacts import REFERENCE, SYNTHETIC, load_reference, load_synthetic, save_reference, save_synthetic
+from diet_engine.dataset.artifacts import (
+    OPTIMIZER,
+    REFERENCE,
+    SYNTHETIC,
+    load_reference,
+    load_synthetic,
+    save_optimizer,
+    save_reference,
+    save_synthetic,
+)
 from diet_engine.distill.bilevel import optimise_memory
 from diet_engine.distill.boundary import boundary_select
 from diet_engine.distill.checkpoint import StageCheckpoint, fingerprint
@@ -182,6 +191,9 @@ def distill_stage(
 ) -> StageResult:
     """Stage t from files: block t's Parquet and the stage t-1 version's artifacts (None at t = 1).
 
+    `previous` holds synthetic.parquet, reference.safetensors and, unless the version predates it,
+    optimizer.safetensors; `out_dir` gets the same three for stage t (and stage.json).
+
     With `checkpoint`, the reference phase and the bi-level loop save their progress there, and a
     stage run again with the same inputs resumes from it (to the same bytes as an undisturbed run).
     """
@@ -195,8 +207,10 @@ def distill_stage(
     # The global RNG (dropout) starts from the stage's seed, so the result does not depend on what
     # the process ran before: a retry on another worker computes the same stage.
     torch.manual_seed(reference.seed * 1000 + stage)
+    previous_optimizer = previous / OPTIMIZER if previous is not None and (previous / OPTIMIZER).exists() else None
     if checkpoint is not None:
         inputs = [block_path] + ([previous / REFERENCE, previous / SYNTHETIC] if previous is not None else [])
+        inputs += [previous_optimizer] if previous_optimizer is not None else []
         settings = {
             "stage": stage,
             "schema": schema.model_dump(mode="json"),
@@ -209,7 +223,7 @@ def distill_stage(
     if previous is None:
         ref_prev, seen = new_reference(schema, reference), 0
     else:
-        ref_prev, info = load_reference(previous / REFERENCE)
+        ref_prev, info = load_reference(previous / REFERENCE, previous_optimizer)
         if info.stage != stage - 1:
             raise ValueError(f"previous version is stage {info.stage}, expected {stage - 1}")
         seen = info.history_rows
@@ -240,6 +254,7 @@ def distill_stage(
 
     save_synthetic(out_dir / SYNTHETIC, syn, schema.labels)
     save_reference(out_dir / REFERENCE, ref, reference.arch, stage, history_rows)
+    save_optimizer(out_dir / OPTIMIZER, ref, stage)
     result = StageResult(
         stage=stage,
         rows=len(syn),
@@ -247,7 +262,7 @@ def distill_stage(
         kept_rows=metrics["kept_rows"],
         history_rows=history_rows,
         ratio=len(syn) / history_rows,
-        files={SYNTHETIC: SYNTHETIC, REFERENCE: REFERENCE, STAGE_JSON: STAGE_JSON},
+        files={SYNTHETIC: SYNTHETIC, REFERENCE: REFERENCE, OPTIMIZER: OPTIMIZER, STAGE_JSON: STAGE_JSON},
         metrics=metrics,
     )
     (out_dir / STAGE_JSON).write_text(json.dumps(result.model_dump(), indent=2))

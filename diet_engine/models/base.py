@@ -10,6 +10,7 @@ on its own: `model.dense(emb)` — also inside `torch.func.functional_call`.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,18 +18,25 @@ from torch import Tensor, nn
 
 from diet_engine.data.schema import StreamSchema
 
+# Upper bounds of the architecture's sizes (diet_engine.config's docstring says why there are any).
+MAX_EMBEDDING_DIM = 1024
+MAX_LAYER_WIDTH = 16_384
+MAX_LAYERS = 16
+MAX_EXPERTS = 64
+LayerWidth = Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]
+
 
 class ModelConfig(BaseModel):
     """Sizes shared by the zoo; architecture-specific knobs have defaults in each model."""
 
     model_config = ConfigDict(extra="forbid")
 
-    embedding_dim: int = Field(default=32, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    embedding_dim: int = Field(default=32, ge=1, le=MAX_EMBEDDING_DIM)
+    hidden: list[LayerWidth] = Field(default_factory=lambda: [256, 128], max_length=MAX_LAYERS)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    n_experts: int = Field(default=4, ge=1)
-    expert_dim: int = Field(default=64, ge=1)
-    tower_hidden: list[int] = Field(default_factory=lambda: [32])
+    n_experts: int = Field(default=4, ge=1, le=MAX_EXPERTS)
+    expert_dim: LayerWidth = 64
+    tower_hidden: list[LayerWidth] = Field(default_factory=lambda: [32], max_length=MAX_LAYERS)
 
 
 class FieldEmbedding(nn.Module):

@@ -15,9 +15,14 @@ def artifact_prefix(stream: str, job_id: int) -> str:
     return f"datasets/{stream}/job-{job_id}"
 
 
-def checkpoint_prefix(stream: str, job_id: int) -> str:
-    """Where a job's stage keeps its checkpoints while it runs, for the next attempt to resume from."""
-    return f"checkpoints/{stream}/job-{job_id}"
+def checkpoint_prefix(stream: str, stage: int) -> str:
+    """Where a stage keeps its checkpoints while a job runs it, for the next attempt to resume from.
+
+    Per stage, not per job: a job that ran out of wall time fails with its checkpoint kept, and the
+    next job for the stage resumes it (only one job per stage is active at a time; the checkpoint's
+    fingerprint makes sure only a job with the same inputs and config uses it).
+    """
+    return f"checkpoints/{stream}/stage-{stage}"
 
 
 def get(session: Session, stream_id: int, number: int, *, lock: bool = False) -> DatasetVersion | None:

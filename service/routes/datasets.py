@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from diet_client.models import Manifest, Page
 from service.auth import require
-from service.deps import DatabaseDep, SessionDep, StorageDep
-from service.manifest import MEDIA_TYPES, manifest
+from service.deps import DatabaseDep, SessionDep, SettingsDep, StorageDep
+from service.manifest import INTERNAL_ARTIFACTS, MEDIA_TYPES, manifest
 from service.pages import MAX_ID, PagingDep, page_out
 from service.problems import Problem
 from service.ranges import byte_range
@@ -95,16 +95,22 @@ def get_dataset(version: str, session: SessionDep, response: Response) -> Manife
 
 @router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
 @router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
-def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
-    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
+def download(
+    version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it.
+
+    With DIET_ARTIFACT_REDIRECT on object storage, a GET is answered 307 to a presigned URL of the
+    blob instead (HEAD still answers here, with the size and ETag)."""
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
     with db.read_session() as session:
         found = find_version(session, version)
         resolved_label = resolved(found)
-        artifact = next((a for a in found.artifacts if a["name"] == name), None)
+        public = [a for a in found.artifacts if a["name"] not in INTERNAL_ARTIFACTS]
+        artifact = next((a for a in public if a["name"] == name), None)
         if artifact is None:
-            names = ", ".join(a["name"] for a in found.artifacts)
-            raise Problem(404, f"{found.label} has no file {name!r} (it has {names})")
+            names = ", ".join(a["name"] for a in public)
+            raise Problem(404, f"{found.label} has no file {name!r} to download (it has {names})")
 
     size = artifact["bytes"]
     etag = f'"{artifact["sha256"]}"'
@@ -118,6 +124,11 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     }
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
+    if settings.artifact_redirect and request.method == "GET":
+        url = storage.presigned_url(artifact["key"], settings.artifact_redirect_expires_s)
+        if url is not None:  # the client follows it with its Range, and checks the bytes against the ETag
+            redirect = {"Location": url, "ETag": etag, "Cache-Control": "private, no-store"}
+            return Response(status_code=307, headers=redirect)
     if_range = request.headers.get("if-range")
     wanted = byte_range(request.headers.get("range"), size) if if_range in (None, etag) else None
     status, (first, last) = (206, wanted) if wanted else (200, (0, size - 1))

@@ -13,16 +13,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from diet_client import models as wire
-from diet_engine.config import DistillConfig
 from service.answers import from_row
 from service.auth import require
-from service.deps import CeleryDep, MetricsDep, SessionDep
+from service.deps import CeleryDep, MetricsDep, SessionDep, SettingsDep
+from service.job_config import WALL_TIME, JobConfig
 from service.pages import MAX_STAGE, Id, PagingDep, page_out
 from service.problems import Problem
 from service.queue import enqueue
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
 from service.routes.streams import find_stream, stream_filter
+from service.settings import Settings
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ class DistillRequest(BaseModel):
 
     stream: str
     stage: int = Field(ge=1, le=MAX_STAGE)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields over the stream's")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="DistillConfig fields (and wall_time_s) over the stream's distill defaults"
+    )
 
 
 def job_out(job: Job) -> wire.Job:
@@ -54,13 +57,24 @@ def _find_job(session: Session, job_id: int, *, lock: bool = False) -> Job:
     return job
 
 
-def _effective_config(stream_defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _effective_config(stream_defaults: dict[str, Any], overrides: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The stream's defaults under the overrides, checked, with the wall-time limit the job will run under."""
     try:
-        return DistillConfig.model_validate({**stream_defaults, **overrides}).model_dump(mode="json")
+        config = JobConfig.model_validate({**stream_defaults, **overrides})
     except ValidationError as exc:
         errors = [{"loc": ["overrides", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         raise Problem(422, detail, title="Invalid distill overrides", errors=errors) from exc
+    wall_time_s = config.wall_time_s or settings.job_wall_time_s
+    if wall_time_s > settings.job_max_wall_time_s:
+        source = "overrides" if WALL_TIME in overrides else "the stream's distill defaults"
+        raise Problem(
+            422,
+            f"{WALL_TIME} {wall_time_s:g} (from {source}) is more than this server's maximum of "
+            f"{settings.job_max_wall_time_s:g} s (DIET_JOB_MAX_WALL_TIME_S)",
+            title="Invalid distill overrides",
+        )
+    return config.model_copy(update={WALL_TIME: wall_time_s}).model_dump(mode="json")
 
 
 def _prerequisite(session: Session, stream_id: int, stream: str, stage: int) -> Job | None:
@@ -104,7 +118,12 @@ def _send(session: Session, celery: Celery, job: Job) -> None:
     dependencies=[Depends(require("distill"))],
 )
 def create_distill_job(
-    body: DistillRequest, session: SessionDep, celery: CeleryDep, metrics: MetricsDep, response: Response
+    body: DistillRequest,
+    session: SessionDep,
+    celery: CeleryDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    response: Response,
 ) -> wire.Job:
     stream = find_stream(session, body.stream)
     # Locked: a deletion of the block waits for this job to be recorded, and then sees it.
@@ -122,7 +141,7 @@ def create_distill_job(
     if existing is not None:
         return _same_request(existing, body, response)
 
-    config = _effective_config(stream.distill, body.overrides)
+    config = _effective_config(stream.distill, body.overrides, settings)
     after = _prerequisite(session, stream.id, stream.name, body.stage)
     try:
         job = jobs.create(

@@ -11,12 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from diet_client import models as wire
-from diet_engine.config import DistillConfig, ReferenceConfig
+from diet_engine.config import ReferenceConfig
 from diet_engine.models import MODELS
 from diet_engine.data.schema import NAME, StreamSchema
 from service.answers import from_row
 from service.auth import require
-from service.deps import SessionDep
+from service.deps import SessionDep, SettingsDep
+from service.job_config import WALL_TIME, JobConfig
 from service.problems import Problem
 from service.registry import streams
 from service.registry.tables import Stream
@@ -31,7 +32,7 @@ class StreamIn(BaseModel):
     name: Annotated[str, Field(pattern=NAME)]
     stream_schema: StreamSchema = Field(alias="schema", description="exactly the schema.json `diet convert` writes")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig, description="defaults of every distill job")
+    distill: JobConfig = Field(default_factory=JobConfig, description="defaults of every distill job")
 
     @field_validator("reference")
     @classmethod
@@ -44,7 +45,8 @@ class StreamIn(BaseModel):
         return {
             "schema": self.stream_schema.model_dump(mode="json"),
             "reference": self.reference.model_dump(mode="json"),
-            "distill": self.distill.model_dump(mode="json"),
+            # no limit of its own: left out, as before there were limits (so older streams compare equal)
+            "distill": self.distill.model_dump(mode="json", exclude={WALL_TIME} if self.distill.wall_time_s is None else None),
         }
 
 
@@ -72,7 +74,15 @@ def find_stream(session: Session, name: str) -> Stream:
     responses={200: {"model": wire.Stream, "description": "the same definition was there already"}},
     dependencies=[Depends(require("ingest"))],
 )
-def create_stream(body: StreamIn, session: SessionDep, response: Response) -> wire.Stream:
+def create_stream(body: StreamIn, session: SessionDep, settings: SettingsDep, response: Response) -> wire.Stream:
+    wall_time_s = body.distill.wall_time_s
+    if wall_time_s is not None and wall_time_s > settings.job_max_wall_time_s:
+        raise Problem(
+            422,
+            f"distill.{WALL_TIME} {wall_time_s:g} is more than this server's maximum of "
+            f"{settings.job_max_wall_time_s:g} s (DIET_JOB_MAX_WALL_TIME_S)",
+            title="Invalid stream definition",
+        )
     wanted = body.definition()
     existing = streams.by_name(session, body.name)
     if existing is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from s3_support import MotoServer, S3Bucket
 from sqlalchemy import create_engine, text
 from service_support import (
     BOOTSTRAP_TOKEN,
@@ -99,6 +100,20 @@ def postgres_url() -> Iterator[str]:
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """moto's S3 server in a process of its own, shared by the tests that use it (each in its own bucket)."""
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> S3Bucket:
+    """A fresh bucket of the test's own on the moto server."""
+    return moto_server.bucket()
 
 
 @pytest.fixture

@@ -177,11 +177,12 @@ def start_api(env: dict[str, str], log_dir: Path, processes: list[Process], name
 
 
 def worker_process(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = False) -> Process:
-    """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers.
+    """A Celery worker as deployed (one job at a time, each in a fresh child process); no gossip, mingle or
+    remote control with other tests' workers.
 
     With `beat`, it also runs the beat that sends the periodic retention sweep (every DIET_SWEEP_S)."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=1",
         f"--queues={env['DIET_QUEUE']}", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", *(["--beat"] if beat else []),
     ]  # fmt: skip

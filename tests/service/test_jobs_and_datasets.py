@@ -56,6 +56,40 @@ def test_job_requests_that_cannot_run_are_refused(admin, stream):
     assert admin.get("/jobs", params={"stream": stream}).json()["total"] == 0
 
 
+@pytest.mark.parametrize(
+    ("overrides", "phrase"),
+    [
+        ({"outer_iters": 1_000_000_000}, "overrides.outer_iters: Input should be less than or equal to 100000"),
+        ({"inner_steps": 10**6}, "overrides.inner_steps"),
+        ({"target_pool_rows": 10**9}, "overrides.target_pool_rows"),
+        ({"outer_batch": 10**9}, "overrides.outer_batch"),
+        ({"score_batch": 10**9}, "overrides.score_batch"),
+        ({"wall_time_s": 10**9}, "overrides.wall_time_s"),
+        ({"wall_time_s": 0}, "overrides.wall_time_s"),
+    ],
+)
+def test_work_beyond_the_bounds_is_refused_before_it_is_queued(admin, stream, overrides, phrase):
+    """A job no worker could finish is not accepted: every size and count has a bound, and so has its time."""
+    refused = expect_problem(
+        admin.post("/jobs/distill", json={"stream": stream, "stage": 1, "overrides": overrides}), 422, phrase
+    )
+    assert refused["title"] == "Invalid distill overrides" and refused["errors"][0]["loc"][0] == "overrides"
+    assert admin.get("/jobs", params={"stream": stream}).json()["total"] == 0
+
+
+def test_a_wall_time_past_the_servers_maximum_is_refused_and_the_default_is_recorded(admin, service, stream):
+    maximum = service.settings.job_max_wall_time_s
+    over = expect_problem(
+        admin.post("/jobs/distill", json={"stream": stream, "stage": 1, "overrides": {"wall_time_s": maximum + 1}}),
+        422, f"more than this server's maximum of {maximum:g} s", "from overrides",
+    )  # fmt: skip
+    assert over["title"] == "Invalid distill overrides"
+    assert admin.get("/jobs", params={"stream": stream}).json()["total"] == 0
+    job = admin.post("/jobs/distill", json={"stream": stream, "stage": 1, "overrides": QUICK}).json()
+    assert job["config"]["wall_time_s"] == service.settings.job_wall_time_s  # the limit it will run under
+    admin.delete(f"/jobs/{job['id']}")
+
+
 def test_jobs_queue_in_stage_order_and_cancel_down_the_line(service, admin, stream):
     first = admin.post("/jobs/distill", json={"stream": stream, "stage": 1, "overrides": QUICK})
     assert first.status_code == 202, first.text

@@ -60,6 +60,19 @@ def test_bad_stream_bodies(admin, ml100k_schema):
     unknown_model = {"name": "x", "schema": ml100k_schema, "reference": {"model": "resnet"}}
     expect_problem(admin.post("/streams", json=unknown_model), 422, "unknown model 'resnet'")
     expect_problem(admin.post("/streams", json={"name": "x", "schema": ml100k_schema, "extra": 1}), 422, "extra")
+    # Bounded work: sizes and counts past their bounds, and a wall time past the server's maximum.
+    for config, phrase in (
+        ({"distill": {"outer_iters": 10**9}}, "distill.outer_iters"),
+        ({"reference": {"arch": {"embedding_dim": 10**6}}}, "reference.arch.embedding_dim"),
+        ({"reference": {"arch": {"hidden": [8] * 100}}}, "reference.arch.hidden"),
+        ({"reference": {"train": {"batch_size": 10**9}}}, "reference.train.batch_size"),
+        ({"distill": {"wall_time_s": 10**12}}, "distill.wall_time_s"),
+    ):
+        expect_problem(admin.post("/streams", json={"name": "x", "schema": ml100k_schema, **config}), 422, phrase)
+    expect_problem(
+        admin.post("/streams", json={"name": "x", "schema": ml100k_schema, "distill": {"wall_time_s": 25 * 3600}}),
+        422, "more than this server's maximum of 86400 s",
+    )  # fmt: skip
     assert admin.get("/streams/x").status_code == 404
 
 

@@ -1,11 +1,23 @@
 """Each DIET step on small data: influence, fusion, addressing, the bi-level step, a whole stage."""
 
+import shutil
+
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch.func import functional_call
 
 from diet_engine.distill.addressing import address
-from diet_engine.dataset.artifacts import load_reference, load_synthetic
+from diet_engine.dataset.artifacts import (
+    OPTIMIZER,
+    OPTIMIZER_PREFIX,
+    REFERENCE,
+    SYNTHETIC,
+    canonical_safetensors,
+    load_reference,
+    load_synthetic,
+)
 from diet_engine.distill import bilevel
 from diet_engine.distill.bilevel import RowAdam, optimise_memory
 from diet_engine.distill.unroll import draw_pick, draw_unroll, inner_unroll, meta_gradient
@@ -279,6 +291,30 @@ def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
     assert info.stage == 2 and info.history_rows == 1200 and info.model == "dcn"
     with pytest.raises(ValueError, match="stage 1"):
         distill_stage(schema, root / "h2.parquet", 3, tmp_path / "v3", previous=tmp_path / "v1", reference=ref, config=cfg)
+
+
+def test_the_optimiser_state_is_a_file_of_its_own_and_older_versions_still_continue(tiny_stream, tmp_path):
+    """Consumers pull the weights alone; stage t+1 continues Adam from optimizer.safetensors, or from
+    the moments a reference written before that file existed carries inside itself."""
+    schema, root = tiny_stream
+    ref = ReferenceConfig(arch=SMALL)
+    cfg = DistillConfig(ratio=0.05, outer_iters=2, inner_steps=2, window=2, inner_batch=8, target_pool_rows=200)
+    distill_stage(schema, root / "h1.parquet", 1, tmp_path / "v1", previous=None, reference=ref, config=cfg)
+    weights = load_file(str(tmp_path / "v1" / REFERENCE))
+    moments = load_file(str(tmp_path / "v1" / OPTIMIZER))
+    assert moments and not any(k.startswith(OPTIMIZER_PREFIX) for k in weights)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(tmp_path / "v1" / SYNTHETIC, legacy / SYNTHETIC)
+    with safe_open(str(tmp_path / "v1" / REFERENCE), framework="pt") as fh:
+        meta = fh.metadata()
+    combined = {**weights, **{OPTIMIZER_PREFIX + k: v for k, v in moments.items()}}
+    (legacy / REFERENCE).write_bytes(canonical_safetensors(save(combined, metadata=meta)))
+
+    for previous in ("v1", "legacy"):
+        distill_stage(schema, root / "h2.parquet", 2, tmp_path / f"{previous}-2", previous=tmp_path / previous, reference=ref, config=cfg)
+    for name in (SYNTHETIC, REFERENCE, OPTIMIZER):
+        assert (tmp_path / "v1-2" / name).read_bytes() == (tmp_path / "legacy-2" / name).read_bytes(), name
 
 
 def test_synthetic_embeddings_stay_within_the_real_field_norms():

@@ -2,7 +2,7 @@
 
 import torch
 
-from diet_engine.dataset.artifacts import load_reference, save_reference
+from diet_engine.dataset.artifacts import load_reference, save_optimizer, save_reference
 from diet_engine.config import ReferenceConfig
 from diet_engine.data.blocks import TensorBlock
 from diet_engine.models import ModelConfig
@@ -19,7 +19,9 @@ def test_stages_continue_one_adam_run_through_the_artifact(tiny_stream, tmp_path
     one = continue_reference(new_reference(schema, cfg), h1, cfg, 1)
     assert one.optimizer_state and all(torch.isfinite(v).all() for v in one.optimizer_state.values())
     save_reference(tmp_path / "r.safetensors", one, ARCH, 1, len(h1))
-    loaded, _ = load_reference(tmp_path / "r.safetensors")
+    save_optimizer(tmp_path / "o.safetensors", one, 1)
+    assert load_reference(tmp_path / "r.safetensors")[0].optimizer_state == {}  # what consumers pull: weights only
+    loaded, _ = load_reference(tmp_path / "r.safetensors", tmp_path / "o.safetensors")
     assert loaded.optimizer_state.keys() == one.optimizer_state.keys()
     two = continue_reference(loaded, h2, cfg, 2)
 
