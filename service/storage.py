@@ -75,6 +75,10 @@ class BlobWriter:
         self._file.write(chunk)
         self.bytes += len(chunk)
 
+    def write_all(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
     def close(self) -> Blob:
         self._file.close()
         return Blob(self.key, self._hash.hexdigest(), self.bytes)
