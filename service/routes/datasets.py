@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
+from service.etags import etag_matches
+from service.file_response import FileRangeResponse
 from service.manifest import MEDIA_TYPES, Manifest, manifest
 from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
+from service.registry.db import Database
 from service.registry.tables import DatasetVersion
 from service.routes.streams import find_stream
 
@@ -55,14 +60,26 @@ def list_datasets(
 
 
 @router.get("/datasets/{version}", response_model=Manifest, dependencies=[Depends(require("read"))])
-def get_dataset(version: str, session: SessionDep) -> Manifest:
-    return manifest(find_version(session, version))
+async def get_dataset(version: str, db: DatabaseDep) -> Response:
+    # One worker thread does the lookup and renders the answer: no session dependency's thread hops.
+    return await run_in_threadpool(_manifest_answer, db, version)
 
 
-@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
-@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
-def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
-    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
+def _manifest_answer(db: Database, version: str) -> Response:
+    with db.read_session() as session:
+        body = manifest(find_version(session, version)).model_dump_json().encode()
+    return Response(body, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class _File:
+    key: str
+    name: str
+    bytes: int
+    sha256: str
+
+
+def _find_file(db: Database, version: str, name: str) -> _File:
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
     with db.read_session() as session:
         found = find_version(session, version)
@@ -70,16 +87,23 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
         if artifact is None:
             names = ", ".join(a["name"] for a in found.artifacts)
             raise Problem(404, f"{found.label} has no file {name!r} (it has {names})")
+        return _File(artifact["key"], name, artifact["bytes"], artifact["sha256"])
 
-    size = artifact["bytes"]
-    etag = f'"{artifact["sha256"]}"'
+
+@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
+@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
+async def download(version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep) -> Response:
+    """Send an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it."""
+    artifact = await run_in_threadpool(_find_file, db, version, name)
+    size = artifact.bytes
+    etag = f'"{artifact.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, max-age=31536000, immutable",  # versions never change
         "Content-Disposition": f'attachment; filename="{name}"',
     }
-    if _matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if_range = request.headers.get("if-range")
     wanted = byte_range(request.headers.get("range"), size) if if_range in (None, etag) else None
@@ -90,13 +114,8 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     media_type = MEDIA_TYPES.get(name, "application/octet-stream")
     if request.method == "HEAD" or size == 0:
         return Response(status_code=status, headers=headers, media_type=media_type)
+    if storage.is_local:  # the kernel copies it from the page cache to the socket
+        return FileRangeResponse(storage.path(artifact.key), first, last - first + 1, status, headers, media_type)
     return StreamingResponse(
-        storage.iter_bytes(artifact["key"], first, last), status_code=status, headers=headers, media_type=media_type
+        storage.iter_bytes(artifact.key, first, last), status_code=status, headers=headers, media_type=media_type
     )
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    return "*" in tags or etag in tags
