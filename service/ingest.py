@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Body chunks (tens of kB each) are gathered into writes, each hashed and written in a worker thread while the
 # event loop reads on: a write starts once MIN_WRITE_BYTES are in and the thread is free; while it is busy,
 # chunks gather up to WRITE_BYTES, then the loop waits for it (one write in flight, so memory stays bounded).
-MIN_WRITE_BYTES = 256 << 10
+MIN_WRITE_BYTES = 1 << 20
 WRITE_BYTES = 8 << 20
 
 

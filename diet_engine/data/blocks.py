@@ -280,6 +280,23 @@ def text_columns(arrow: pa.Schema, columns: list[str]) -> list[str]:
     return [c for c in columns if arrow.get_field_index(c) >= 0 and _is_text(arrow.field(c).type)]
 
 
+def _label_positives(name: str, column: pa.Array) -> float:
+    """How many rows of a 0/1 label column are 1; DataError unless every row is 0 or 1."""
+    if column.null_count:
+        raise DataError(f"label {name} has missing values", [name])
+    if not len(column):
+        return 0.0
+    if pa.types.is_floating(column.type):
+        # NaN equals neither, so it is refused too
+        ok = pc.all(pc.or_(pc.equal(column, 0.0), pc.equal(column, 1.0))).as_py()
+    else:  # integers and booleans: their range says it
+        low, high = (v.as_py() for v in pc.min_max(column).values())
+        ok = 0 <= low and high <= 1
+    if not ok:
+        raise DataError(f"label {name} must be 0 or 1 (found other values, NaN or negatives)", [name])
+    return float(pc.sum(column).as_py())
+
+
 class BlockSummary:
     """The whole-block checks and summary, fed record batch by record batch, each checked as a whole column
     with Arrow compute (no per-row Python): 0/1 labels without gaps, numbers and timestamps that convert the
@@ -299,16 +316,11 @@ class BlockSummary:
             if _is_text(column.type):
                 column.validate(full=True)  # UTF-8 (of the dictionary only, when read as one)
         for f in schema.numeric:
-            pc.cast(rb.column(f.name), pa.float64())  # as batch_to_tensors converts them
+            column = rb.column(f.name)
+            if pa.types.is_int64(column.type) or pa.types.is_uint64(column.type):  # other numbers always convert
+                pc.cast(column, pa.float64())  # as batch_to_tensors converts them: past 2**53 it refuses
         for j, name in enumerate(schema.labels):
-            column = rb.column(name)
-            if column.null_count:
-                raise DataError(f"label {name} has missing values", [name])
-            values = pc.cast(column, pa.float64())
-            # NaN equals neither, so it is refused too
-            if pc.all(pc.or_(pc.equal(values, 0.0), pc.equal(values, 1.0))).as_py() is False:
-                raise DataError(f"label {name} must be 0 or 1 (found other values, NaN or negatives)", [name])
-            self.positives[j] += pc.sum(values).as_py() or 0.0
+            self.positives[j] += _label_positives(name, rb.column(name))
         seconds = timestamp_seconds_array(rb.column(schema.timestamp))
         if len(seconds) - seconds.null_count:
             low, high = (v.as_py() for v in pc.min_max(seconds).values())
