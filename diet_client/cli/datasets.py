@@ -9,17 +9,16 @@ import typer
 from rich.table import Table
 
 from diet_client.cli.common import (
-    DEFAULT_URL,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
-    emit_json,
+    LimitOption,
+    OffsetOption,
+    Service,
     human_bytes,
+    service_command,
     show_progress,
     stdout,
 )
 from diet_client.cli.progress import transfer_bars
+from diet_client.models import Manifest, Page, PulledDataset
 
 app = typer.Typer(help="Distilled dataset versions: STREAM@vN or STREAM@latest.", no_args_is_help=True)
 
@@ -27,20 +26,68 @@ VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN or STREAM@latest
 
 
 @app.command("ls")
+@service_command
 def list_versions(
     stream: Annotated[str | None, typer.Option(help="only this stream's versions")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    limit: LimitOption = 50,
+    offset: OffsetOption = 0,
+    *,
+    service: Service,
 ) -> None:
     """List versions, newest first."""
-    with connect(url, token, as_json) as diet:
-        page = diet.datasets(stream, limit=limit, offset=offset)
-    if as_json:
-        emit_json(page)
+    service.fetch(lambda diet: diet.datasets(stream, limit=limit, offset=offset), _print_page)
+
+
+@app.command("show")
+@service_command
+def show(version: VersionArgument, *, service: Service) -> None:
+    """A version's manifest: stage, parent, blocks, sizes, config, metrics and files."""
+    service.fetch(lambda diet: diet.dataset(version), _print_manifest)
+
+
+@app.command("pull")
+@service_command
+def pull(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(file_okay=False, help="folder to put the files in [default: ./STREAM-vN]")
+    ] = None,
+    *,
+    service: Service,
+) -> None:
+    """Download a version's files (resuming interrupted downloads) and check each against its sha256."""
+    with service.connect() as diet:
+        manifest = diet.dataset(version)
+        folder = to or Path(manifest.version.replace("@", "-"))
+        with transfer_bars(show_progress(service.as_json)) as progress:
+            pulled = diet.pull(manifest.version, folder, on_progress=progress)
+    service.print(pulled, _print_pulled)
+
+
+@app.command("report")
+@service_command
+def report(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="HTML file to write [default: ./STREAM-vN.html]; - for stdout")
+    ] = None,
+    *,
+    service: Service,
+) -> None:
+    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
+    with service.connect() as diet:
+        label = diet.dataset(version).version
+        html = diet.report(label)
+    if to is not None and str(to) == "-":
+        typer.echo(html)
         return
+    path = to or Path(label.replace("@", "-") + ".html")
+    path.write_text(html, encoding="utf-8")
+    written = {"version": label, "path": str(path), "bytes": len(html.encode())}
+    service.print(written, lambda _: stdout().print(f"{label} report -> {path}"))
+
+
+def _print_page(page: Page[Manifest]) -> None:
     table = Table("version", "stage", "parent", "rows", "new", "kept", "history", "ratio", "created",
                   caption=f"{len(page.items)} of {page.total}")  # fmt: skip
     for m in page.items:
@@ -49,15 +96,7 @@ def list_versions(
     stdout().print(table)
 
 
-@app.command("show")
-def show(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
-         as_json: JsonOption = False) -> None:  # fmt: skip
-    """A version's manifest: stage, parent, blocks, sizes, config, metrics and files."""
-    with connect(url, token, as_json) as diet:
-        m = diet.dataset(version)
-    if as_json:
-        emit_json(m)
-        return
+def _print_manifest(m: Manifest) -> None:
     out = stdout()
     out.print(f"{m.version}: stage {m.stage}, parent {m.parent or '-'}, job {m.job}, created {m.created_at:%Y-%m-%d %H:%M}")
     out.print(f"  {m.rows} rows ({m.new_rows} new, {m.kept_rows} kept) for {m.history_rows} historical rows: {m.ratio:.2%}")
@@ -68,25 +107,7 @@ def show(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOpt
     out.print(files)
 
 
-@app.command("pull")
-def pull(
-    version: VersionArgument,
-    to: Annotated[
-        Path | None, typer.Option(file_okay=False, help="folder to put the files in [default: ./STREAM-vN]")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Download a version's files (resuming interrupted downloads) and check each against its sha256."""
-    with connect(url, token, as_json) as diet:
-        manifest = diet.dataset(version)
-        folder = to or Path(manifest.version.replace("@", "-"))
-        with transfer_bars(show_progress(as_json)) as progress:
-            pulled = diet.pull(manifest.version, folder, on_progress=progress)
-    if as_json:
-        emit_json(pulled)
-        return
+def _print_pulled(pulled: PulledDataset) -> None:
     out = stdout()
     for f in pulled.files:
         if f.resumed_from == f.bytes:
@@ -95,28 +116,3 @@ def pull(
             how = f" (resumed at {human_bytes(f.resumed_from)})" if f.resumed_from else ""
         out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}… verified{how}")
     out.print(f"{pulled.version} -> {pulled.directory}  (load it: diet_engine.load_dataset({str(pulled.directory)!r}))")
-
-
-@app.command("report")
-def report(
-    version: VersionArgument,
-    to: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="HTML file to write [default: ./STREAM-vN.html]; - for stdout")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
-    with connect(url, token, as_json) as diet:
-        label = diet.dataset(version).version
-        html = diet.report(label)
-    if to is not None and str(to) == "-":
-        typer.echo(html)
-        return
-    path = to or Path(label.replace("@", "-") + ".html")
-    path.write_text(html, encoding="utf-8")
-    if as_json:
-        emit_json({"version": label, "path": str(path), "bytes": len(html.encode())})
-    else:
-        stdout().print(f"{label} report -> {path}")

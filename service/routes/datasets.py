@@ -11,18 +11,19 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from diet_client.models import Manifest, Page
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
 from service.etags import etag_matches
 from service.file_response import FileRangeResponse
-from service.manifest import MEDIA_TYPES, Manifest, manifest
-from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
+from service.manifest import MEDIA_TYPES, manifest
+from service.pages import MAX_ID, PagingDep, page_out
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
 from service.registry.db import Database
 from service.registry.tables import DatasetVersion
-from service.routes.streams import find_stream
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["datasets"])
 
@@ -46,15 +47,15 @@ def find_version(session: Session, version: str) -> DatasetVersion:
     return found
 
 
-@router.get("/datasets", response_model=PageOut[Manifest], dependencies=[Depends(require("read"))])
+@router.get("/datasets", response_model=Page[Manifest], dependencies=[Depends(require("read"))])
 def list_datasets(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
-) -> PageOut[Manifest]:
+) -> Page[Manifest]:
     """Versions, newest first."""
-    stream_id = find_stream(session, stream).id if stream is not None else None
+    stream_id = stream_filter(session, stream)
     page = datasets.page(session, stream_id, paging.limit, paging.offset)
     return page_out(page, [manifest(v) for v in page.items], request)
 
@@ -67,7 +68,7 @@ async def get_dataset(version: str, db: DatabaseDep) -> Response:
 
 def _manifest_answer(db: Database, version: str) -> Response:
     with db.read_session() as session:
-        body = manifest(find_version(session, version)).model_dump_json().encode()
+        body = manifest(find_version(session, version)).model_dump_json(by_alias=True).encode()  # as FastAPI would
     return Response(body, media_type="application/json")
 
 
