@@ -399,7 +399,7 @@ async def serve_load(
     # sent just as the server closes it fails ("disconnected without sending a response"), a client race.
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    grace = max(10.0, seconds / 2)
+    grace = min(max(5.0, seconds / 2), 30.0)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as c:
         started = time.monotonic()
         tasks = [asyncio.ensure_future(_manifest_loop(c, manifest_url, stats)) for _ in range(manifest_clients)]
