@@ -80,6 +80,7 @@ class Options:
     seconds: float
     block_mb: int
     processes: int
+    client_processes: int
     storage_urls: list[str]
     storage_options: dict[str, Any]
     out: Path
@@ -213,9 +214,10 @@ class Sampler:
         self._thread.join()
 
     def _snapshot(self) -> tuple[float, float, float, float, float]:
-        own = os.times()
+        own = os.times()  # with the client processes of the phase, waited for before it ends
         busy, total = _machine_busy_s()
-        return time.monotonic(), self.api()[1], own.user + own.system, busy, total
+        clients = own.user + own.system + own.children_user + own.children_system
+        return time.monotonic(), self.api()[1], clients, busy, total
 
     def _close_phase(self) -> None:
         if self._phase_started is None:
@@ -225,7 +227,7 @@ class Sampler:
         self.cpu[self.phase] = {
             "wall_s": round(wall, 2),
             "api_cores": round((api1 - api0) / wall, 2),  # CPU seconds per second: 1.0 = one core kept busy
-            "clients_cores": round((own1 - own0) / wall, 2),  # this process: the clients (and this sampler)
+            "clients_cores": round((own1 - own0) / wall, 2),  # the client processes, this one and its sampler
             "machine_busy_pct": round(100 * (busy1 - busy0) / max(total1 - total0, 1e-9), 1),
         }
 
@@ -388,41 +390,89 @@ async def _artifact_loop(c: httpx.AsyncClient, index: int, files: list[tuple[str
             stats.error(f"{url}: {type(exc).__name__}: {exc}")
 
 
-async def serve_load(
-    base_url: str, token: str, clients: int, seconds: float, files: list[tuple[str, int]], manifest_url: str | None
-) -> dict[str, Any]:
-    """`clients` clients for `seconds`: half fetch `manifest_url` in a loop (none when it is None), the rest
-    the `files` in turn. Requests still running `grace` after the end are cut and counted as unfinished."""
-    manifest_clients = clients // 2 if manifest_url else 0
-    stats = ServeStats(stop_at=time.monotonic() + seconds)
+async def _client_share(spec: dict[str, Any]) -> dict[str, Any]:
+    """One client process's share of a serve phase, from `spec`; its raw figures (merged by `serve_load`)."""
+    manifest_clients, artifact_clients = spec["manifest_clients"], spec["artifact_clients"]
+    clients = manifest_clients + artifact_clients
+    start_in = spec["start_at"] - time.time()  # every client process starts at the same moment
+    if start_in > 0:
+        await asyncio.sleep(start_in)
+    stats = ServeStats(stop_at=time.monotonic() + spec["seconds"])
     # An idle connection is dropped by the client (2 s) before uvicorn closes it (5 s): otherwise a request
     # sent just as the server closes it fails ("disconnected without sending a response"), a client race.
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    grace = min(max(5.0, seconds / 2), 30.0)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as c:
-        started = time.monotonic()
-        tasks = [asyncio.ensure_future(_manifest_loop(c, manifest_url, stats)) for _ in range(manifest_clients)]
-        tasks += [asyncio.ensure_future(_artifact_loop(c, i, files, stats)) for i in range(clients - manifest_clients)]
-        _, cut = await asyncio.wait(tasks, timeout=seconds + grace)
+    headers = {"Authorization": f"Bearer {spec['token']}"} if spec["token"] else {}
+    files = [tuple(f) for f in spec["files"]]
+    async with (
+        httpx.AsyncClient(base_url=spec["base_url"], headers=headers, limits=limits, timeout=60) as c,
+        httpx.AsyncClient(base_url=spec["files_url"], headers=headers, limits=limits, timeout=60) as files_c,
+    ):
+        tasks = [asyncio.ensure_future(_manifest_loop(c, spec["manifest_url"], stats)) for _ in range(manifest_clients)]
+        tasks += [asyncio.ensure_future(_artifact_loop(files_c, spec["first_index"] + i, files, stats))
+                  for i in range(artifact_clients)]  # fmt: skip
+        _, cut = await asyncio.wait(tasks, timeout=spec["seconds"] + spec["grace"])
         for task in cut:
             task.cancel()
         await asyncio.gather(*cut, return_exceptions=True)
-        elapsed = time.monotonic() - started
-    requests = sum(len(v) for v in stats.latencies.values()) + stats.errors
+    return {"latencies": stats.latencies, "downloaded": stats.downloaded, "errors": stats.errors,
+            "error_samples": stats.error_samples, "unfinished": len(cut)}  # fmt: skip
+
+
+def client_share_process(spec_path: Path, out_path: Path) -> None:
+    out_path.write_text(json.dumps(asyncio.run(_client_share(json.loads(spec_path.read_text())))))
+
+
+def serve_load(
+    base_url: str, token: str, clients: int, seconds: float, files: list[tuple[str, int]], manifest_url: str | None,
+    work: Path, client_processes: int, files_url: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """`clients` clients for `seconds`, spread over `client_processes` processes (one Python process cannot
+    drive hundreds of httpx clients without becoming what is measured): half fetch `manifest_url` in a loop
+    (none when it is None), the rest the `files` in turn. Requests still running a grace period after the
+    end are cut and counted as unfinished. The files come from `files_url` when given (a static server)."""
+    manifest_clients = clients // 2 if manifest_url else 0
+    grace = min(max(5.0, seconds / 2), 30.0)
+    start_at = time.time() + 3.0 + client_processes  # time for the processes to import httpx
+    shares, first = [], 0
+    for i in range(client_processes):
+        m = manifest_clients // client_processes + (i < manifest_clients % client_processes)
+        a = (clients - manifest_clients) // client_processes + (i < (clients - manifest_clients) % client_processes)
+        spec = {"base_url": base_url, "files_url": files_url or base_url, "token": token, "manifest_url": manifest_url, "files": files, "seconds": seconds,
+                "grace": grace, "start_at": start_at, "manifest_clients": m, "artifact_clients": a, "first_index": first}
+        first += a
+        spec_path, out_path = work / f"clients-{i}.json", work / f"clients-{i}-out.json"
+        spec_path.write_text(json.dumps(spec))
+        out_path.unlink(missing_ok=True)
+        command = [sys.executable, __file__, "--client-share", str(spec_path), str(out_path)]
+        shares.append((subprocess.Popen(command, cwd=REPO), out_path))  # fmt: skip
+    parts = []
+    for process, out_path in shares:
+        try:
+            process.wait(start_at - time.time() + seconds + grace + 60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.returncode != 0 or not out_path.exists():
+            raise RuntimeError(f"a client process failed ({process.returncode})")
+        parts.append(json.loads(out_path.read_text()))
+    latencies = {kind: [v for part in parts for v in part["latencies"][kind]] for kind in ("manifest", "artifact")}
+    errors = sum(part["errors"] for part in parts)
+    downloaded = sum(part["downloaded"] for part in parts)
+    requests = sum(len(v) for v in latencies.values()) + errors
     return {
         "clients": clients,
+        "client_processes": client_processes,
         "manifest_clients": manifest_clients,
         "artifact_clients": clients - manifest_clients,
-        "seconds": round(elapsed, 2),
+        "seconds": seconds,
         "requests": requests,
         "requests_per_s": round(requests / seconds, 1),
-        "errors": stats.errors,
-        "error_samples": stats.error_samples,
-        "unfinished": len(cut),  # clients whose request was still running `grace` after the end
-        "latency_ms": {kind: _percentiles(values) for kind, values in stats.latencies.items() if values or manifest_url},
-        "downloaded_bytes": stats.downloaded,
-        "download_mb_per_s": round(stats.downloaded / MB / seconds, 1),
+        "errors": errors,
+        "error_samples": [e for part in parts for e in part["error_samples"]][:10],
+        "unfinished": sum(part["unfinished"] for part in parts),  # requests still running `grace` after the end
+        "latency_ms": {kind: _percentiles(values) for kind, values in latencies.items() if values or manifest_url},
+        "downloaded_bytes": downloaded,
+        "download_mb_per_s": round(downloaded / MB / seconds, 1),
     }
 
 
@@ -491,8 +541,11 @@ def _blob_paths(data_dir: Path, version: dict[str, Any]) -> dict[str, str]:
         db.dispose()
 
 
-def static_load(work: Path, data_dir: Path, version: dict[str, Any], readers: int, seconds: float) -> dict[str, Any]:
-    """`readers` plain readers of the version's artifact files, served from the blob folder by `serve_static`."""
+def static_load(
+    work: Path, data_dir: Path, version: dict[str, Any], options: Options, base_url: str, token: str
+) -> dict[str, Any]:
+    """The serve phase again with the artifact clients fetching the same files from `serve_static` instead (the
+    manifest clients still ask the API): what plain readers get on this machine under the same client load."""
     files_json = work / "static-files.json"
     files_json.write_text(json.dumps(_blob_paths(data_dir, version)))
     port = free_port()
@@ -509,7 +562,9 @@ def static_load(work: Path, data_dir: Path, version: dict[str, Any], readers: in
                 time.sleep(0.1)
         with Sampler(process.pid) as sampler:
             sampler.mark("static")
-            result = asyncio.run(serve_load(f"http://{HOST}:{port}", "", readers, seconds, artifact_files(version), None))
+            result = serve_load(base_url, token, options.clients, options.seconds, artifact_files(version),
+                                f"/datasets/{STREAM}@latest", work, options.client_processes,
+                                files_url=f"http://{HOST}:{port}")  # fmt: skip
         return {**result, "cpu": sampler.cpu["static"]}
     finally:
         stop(process)
@@ -577,15 +632,18 @@ def storage_row(
             sampler.mark("prepare")
             version = prepare_version(base_url, token, data_dir, work, storage)
             sampler.mark("serve")
-            served = asyncio.run(serve_load(base_url, token, options.clients, options.seconds, artifact_files(version),
-                                            f"/datasets/{STREAM}@latest"))  # fmt: skip
+            served = serve_load(base_url, token, options.clients, options.seconds, artifact_files(version),
+                                f"/datasets/{STREAM}@latest", work, options.client_processes)  # fmt: skip
             sampler.mark("ingest")
             ingested = ingest(base_url, token, block, rows, sampler)
+        static = static_load(work, data_dir, version, options, base_url, token) if storage_url is None else None
     finally:
         stop(process)
     row = {"storage": storage_url or "local disk", "api_processes": 1, "serve": {**served, "cpu": sampler.cpu["serve"]},
            "ingest": {**ingested, "cpu": {k: sampler.cpu[k] for k in ("ingest_new", "ingest_again", "plain_write")}},
            "rss": sampler.summary()}  # fmt: skip
+    if static is not None:
+        row["static"] = static
     return row, data_dir, version
 
 
@@ -595,8 +653,8 @@ def processes_row(options: Options, work: Path, token: str, data_dir: Path, vers
     try:
         with Sampler(process.pid) as sampler:
             sampler.mark("serve")
-            served = asyncio.run(serve_load(base_url, token, options.clients, options.seconds, artifact_files(version),
-                                            f"/datasets/{STREAM}@latest"))  # fmt: skip
+            served = serve_load(base_url, token, options.clients, options.seconds, artifact_files(version),
+                                f"/datasets/{STREAM}@latest", work, options.client_processes)  # fmt: skip
     finally:
         stop(process)
     return {"storage": "local disk", "api_processes": options.processes, "serve": {**served, "cpu": sampler.cpu["serve"]},
@@ -616,7 +674,7 @@ def run(options: Options) -> dict[str, Any]:
         local, data_dir, version = storage_row(options, work, token, block, rows, None)
         local["ingest"]["generate_s"] = round(generate_s, 2)
         several = processes_row(options, work, token, data_dir, version)
-        static = static_load(work, data_dir, version, options.clients - options.clients // 2, options.seconds)
+        static = local.pop("static")
         others = [storage_row(options, work, token, block, rows, url, options.storage_options)[0]
                   for url in options.storage_urls]  # fmt: skip
     artifact_rate = lambda row: row["serve"]["download_mb_per_s"]  # noqa: E731
@@ -648,7 +706,7 @@ def print_table(result: dict[str, Any]) -> None:
     def serve_lines(name: str, serve: dict[str, Any], rss: str) -> None:
         lat = serve["latency_ms"]
         cpu = serve["cpu"]
-        lines.append((name, f"{serve['clients']} clients x {serve['seconds']} s, {serve['requests']} requests, "
+        lines.append((name, f"{serve['clients']} clients in {serve['client_processes']} processes x {serve['seconds']} s, {serve['requests']} requests, "
                             f"{serve['errors']} errors, {serve['unfinished']} unfinished, {serve['requests_per_s']} req/s"))
         for kind, figures in lat.items():
             lines.append((f"  {kind}", f"p50 {figures['p50']} ms, p99 {figures['p99']} ms ({figures['count']})"))
@@ -674,7 +732,7 @@ def print_table(result: dict[str, Any]) -> None:
                 ("  API RSS", f"before {rss['ingest_new_first_mb']} MB, peak {rss['ingest_new_peak_mb']} MB (new), "
                               f"{rss['ingest_again_peak_mb']} MB (again)"),
             ]  # fmt: skip
-    serve_lines("static-file readers (sendfile)", result["static"], "")
+    serve_lines("static: artifacts from a plain sendfile server, manifests from the API", result["static"], "")
     lines.append(("artifacts vs static", ", ".join(f"{k.replace('_', ' ')}: {v} %"
                                                    for k, v in result["artifacts_vs_static_pct"].items())))  # fmt: skip
     width = max(len(name) for name, _ in lines)
@@ -693,10 +751,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-options", type=json.loads, default={}, help="fsspec options (JSON) for those")
     parser.add_argument("--out", type=Path, default=Path("load-out/load.json"), help="the JSON [load-out/load.json]")
     parser.add_argument("--work-dir", type=Path, help="where the temporary service and block live [system temp]")
+    parser.add_argument("--client-processes", type=int, help="processes the clients are spread over [4; quick 2]")
     parser.add_argument("--serve-static", nargs=2, metavar=("PORT", "FILES_JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--client-share", nargs=2, metavar=("SPEC_JSON", "OUT_JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_static:  # the static-file server's own process
         serve_static(int(args.serve_static[0]), Path(args.serve_static[1]))
+        return 0
+    if args.client_share:  # one client process of a serve phase
+        client_share_process(Path(args.client_share[0]), Path(args.client_share[1]))
         return 0
     quick = args.quick
     options = Options(
@@ -704,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds or (5.0 if quick else 60.0),
         block_mb=args.block_mb or (50 if quick else 1100),
         processes=args.processes,
+        client_processes=args.client_processes or (2 if quick else 4),
         storage_urls=args.storage_url,
         storage_options=args.storage_options,
         out=args.out,
