@@ -21,7 +21,7 @@ from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
-from service.routes import blocks, datasets, health, reports, streams
+from service.routes import aliases, blocks, datasets, diff, health, lifecycle, reports, streams
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_timeout_s=settings.body_timeout_s,
         exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/blocks",
     )
-    for module in (health, streams, blocks, job_routes, datasets, reports):
+    for module in (health, streams, blocks, job_routes, datasets, aliases, diff, lifecycle, reports):
         app.include_router(module.router, responses=problems.RESPONSES)
     return app
 

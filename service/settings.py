@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     tmp_max_age_s: float = Field(
         default=3600.0, ge=0, description="a temporary blob untouched this long was left by a dead writer: deleted"
     )
+    deletion_grace_s: int = Field(
+        default=7 * 86400, ge=0, description="how long a deleted version or block stays restorable (streams without a retention policy)"
+    )
+    sweep_s: float = Field(
+        default=3600.0, gt=0, description="how often the worker's beat applies retention policies and purges"
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"
