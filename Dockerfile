@@ -27,4 +27,4 @@ RUN pip install -e '.[s3]'
 
 USER diet
 EXPOSE 8000
-CMD ["uvicorn", "--factory", "service.app:main", "--http", "service.http_protocol:HttpProtocol", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["uvicorn", "--factory", "service.app:main", "--http", "service.http_protocol:HttpProtocol", "--loop", "asyncio", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]

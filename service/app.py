@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import logs, problems
+from service.etags import JsonETags
 from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(app.state.db)
 
     problems.install(app)
+    app.add_middleware(JsonETags)  # innermost of these: metrics and logs see its 304s
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     # Outermost, so its limits hold for everything inside; uploads stream under their own, larger limit.
     app.add_middleware(

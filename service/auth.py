@@ -13,10 +13,12 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import DatabaseDep, SettingsDep
 from service.problems import Problem
 from service.registry import tokens
+from service.registry.db import Database
 from service.registry.tables import utcnow
 
 _bearer = HTTPBearer(auto_error=False, description="an API token (`diet tokens create`)")
@@ -35,17 +37,22 @@ def _unauthorized(detail: str) -> Problem:
     return Problem(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def current_principal(
+async def current_principal(
     settings: SettingsDep,
     db: DatabaseDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    # async: the bootstrap token needs no thread; a stored token is looked up in one.
     if credentials is None:
         raise _unauthorized("send an API token: 'Authorization: Bearer <token>'")
     secret = credentials.credentials
     bootstrap = settings.bootstrap_token
     if bootstrap is not None and hmac.compare_digest(secret.encode(), bootstrap.get_secret_value().encode()):
         return Principal("bootstrap", frozenset({"admin"}))
+    return await run_in_threadpool(_stored_principal, db, secret)
+
+
+def _stored_principal(db: Database, secret: str) -> Principal:
     # A session of its own, closed at once: a long upload must not hold a registry transaction.
     with db.read_session() as session:
         token = tokens.find(session, secret)
@@ -62,7 +69,7 @@ def current_principal(
 def require(scope: str) -> Callable[..., Principal]:
     """A dependency that admits tokens holding `scope` (or admin)."""
 
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.allows(scope):
             raise Problem(403, f"this token lacks the '{scope}' scope (it has: {', '.join(sorted(principal.scopes))})")
         return principal

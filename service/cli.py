@@ -35,6 +35,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="interface to listen on [default: DIET_HOST or 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on [default: DIET_PORT or 8000]")] = None,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="start a worker beside the API")] = True,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="API processes serving the same registry and port")
+    ] = 1,
 ) -> None:
     """Run the DIET service: migrate the registry, start a worker and serve the HTTP API.
 
@@ -45,7 +48,7 @@ def serve(
     from service.settings import get_settings
 
     settings = get_settings()
-    embedded.serve(settings, host or settings.host, settings.port if port is None else port, worker)
+    embedded.serve(settings, host or settings.host, settings.port if port is None else port, worker, workers)
 
 
 @contextmanager

@@ -77,10 +77,11 @@ def requeue_orphaned_jobs(settings: Settings) -> None:
         log.info("re-queued %s job(s) that were running when the service stopped", count)
 
 
-def banner(settings: Settings, host: str, port: int, worker: bool) -> str:
+def banner(settings: Settings, host: str, port: int, worker: bool, workers: int = 1) -> str:
     url = f"http://{host}:{port}"
+    processes = f", {workers} API processes" if workers > 1 else ""
     lines = [
-        f"DIET service on {url}  (API docs: {url}/docs)",
+        f"DIET service on {url}  (API docs: {url}/docs{processes})",
         f"  data: {settings.data_dir}",
         f"  registry: {settings.database_url.split('://')[0]}, broker: {settings.broker_url.split('://')[0]}, "
         f"storage: {settings.storage_url}, worker: {'started here' if worker else 'not started here'}",
@@ -92,8 +93,13 @@ def banner(settings: Settings, host: str, port: int, worker: bool) -> str:
     return "\n".join(lines)
 
 
-def serve(settings: Settings, host: str, port: int, worker: bool = True) -> None:
-    """Migrate the registry, start the worker, and serve the API until interrupted."""
+def serve(settings: Settings, host: str, port: int, worker: bool = True, workers: int = 1) -> None:
+    """Migrate the registry, start the worker, and serve the API (in `workers` processes) until interrupted.
+
+    The migration runs here, once, before any API process starts; the processes then share the registry
+    (SQLite in WAL mode, whose writers wait their turn: service.registry.db) and the port (uvicorn's
+    supervisor forks them and restarts one that dies).
+    """
     import uvicorn
 
     from service.app import create_app
@@ -109,15 +115,24 @@ def serve(settings: Settings, host: str, port: int, worker: bool = True) -> None
             requeue_orphaned_jobs(settings)
         embedded = EmbeddedWorker(settings)
         embedded.start()
-    print(banner(settings, host, port, worker), flush=True)
+    print(banner(settings, host, port, worker, workers), flush=True)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again to exit; by default that
     # would end this process before the worker is stopped, so SIGTERM ends it through `finally` instead.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    # asyncio's own loop: it sends artifacts with sendfile(2) (service.http_protocol); uvloop cannot.
     try:
-        uvicorn.run(
-            create_app(settings), host=host, port=port, log_config=None,
-            http=with_head_timeout(settings.body_timeout_s),
-        )  # fmt: skip
+        if workers == 1:
+            uvicorn.run(
+                create_app(settings), host=host, port=port, log_config=None, loop="asyncio",
+                http=with_head_timeout(settings.body_timeout_s),
+            )  # fmt: skip
+        else:
+            # Each process builds its app from the environment: the data dir made absolute, so all agree.
+            os.environ["DIET_DATA_DIR"] = str(settings.data_dir)
+            uvicorn.run(
+                "service.app:main", factory=True, workers=workers, host=host, port=port, log_config=None,
+                loop="asyncio", http="service.http_protocol:HttpProtocol",
+            )  # fmt: skip
     finally:
         if embedded is not None:
             embedded.stop()

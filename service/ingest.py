@@ -6,6 +6,8 @@ Parquet file that fits the stream's schema.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator
@@ -13,39 +15,72 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from diet_engine.data.blocks import BlockStats, DataError, block_stats
+from diet_engine.data.blocks import BlockStats, BlockSummary, DataError, read_batches
 from diet_engine.data.schema import StreamSchema
-from service.parquet_guard import DecodeLimits, check_decoded_size
+from service.parquet_guard import DecodedSize, DecodeLimits, check_rows
 from service.problems import Problem
 from service.registry import blocks
 from service.registry.db import Database
 from service.registry.tables import Block, Stream
-from service.storage import Blob, Storage, TooLarge
+from service.storage import Blob, BlobWriter, Storage, TooLarge
 
 log = logging.getLogger(__name__)
 
 
+# Body chunks (tens of kB each) are gathered into writes, each hashed and written in a worker thread while the
+# event loop reads on: a write starts once MIN_WRITE_BYTES are in and the thread is free; while it is busy,
+# chunks gather up to WRITE_BYTES, then the loop waits for it (one write in flight, so memory stays bounded).
+MIN_WRITE_BYTES = 1 << 20
+WRITE_BYTES = 8 << 20
+
+
 async def receive(chunks: AsyncIterator[bytes], storage: Storage, max_bytes: int) -> Blob:
-    """Write a request body to a temporary blob, chunk by chunk, with a running sha256 and a size limit."""
+    """Write a request body to a temporary blob with a running sha256 and a size limit, hashing and writing
+    one piece in a thread while the next arrives."""
     writer = await run_in_threadpool(storage.writer, max_bytes)
+    in_flight: asyncio.Future[None] | None = None
     try:
+        pending: list[bytes] = []
+        size = 0
         async for chunk in chunks:
-            if chunk:
-                await run_in_threadpool(writer.write, chunk)
+            pending.append(chunk)
+            size += len(chunk)
+            if size < MIN_WRITE_BYTES:
+                continue
+            if in_flight is not None:
+                if not in_flight.done() and size < WRITE_BYTES:
+                    continue
+                await in_flight
+            in_flight = asyncio.ensure_future(run_in_threadpool(writer.write_all, pending))
+            pending, size = [], 0
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
+        if pending:
+            await run_in_threadpool(writer.write_all, pending)
         return await run_in_threadpool(writer.close)
     except TooLarge:
-        await run_in_threadpool(writer.discard)
+        await _discard(writer, in_flight)
         raise Problem(413, f"the body is larger than the limit of {max_bytes} bytes (DIET_MAX_UPLOAD_BYTES)") from None
     except ClientDisconnect:
-        await run_in_threadpool(writer.discard)
+        await _discard(writer, in_flight)
         raise Problem(400, "the client went away before the upload finished") from None
     except BaseException:
-        await run_in_threadpool(writer.discard)
+        await _discard(writer, in_flight)
         raise
+
+
+async def _discard(writer: BlobWriter, in_flight: asyncio.Future[None] | None) -> None:
+    """Drop the temporary blob once the write still in its thread (if any) is over."""
+    if in_flight is not None:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(in_flight)
+    await run_in_threadpool(writer.discard)
 
 
 def _epoch(seconds: int | None) -> datetime | None:
@@ -53,13 +88,20 @@ def _epoch(seconds: int | None) -> datetime | None:
 
 
 def check_block(storage: Storage, blob: Blob, schema: StreamSchema, limits: DecodeLimits | None = None) -> BlockStats:
-    """Read the whole blob with the engine (record batch by record batch): schema, labels, time range."""
+    """Read the whole blob once, record batch by record batch: what it decodes to (bombs) is counted before its
+    values are checked (schema, 0/1 labels, convertible numbers and times, UTF-8 text) and summarised."""
     with tempfile.TemporaryDirectory(prefix="diet-upload-") as scratch:
         path = storage.local_copy(blob.key, Path(scratch), "block.parquet")
         try:
-            if limits is not None:  # what it decodes to is counted before the engine decodes it
-                check_decoded_size(path, schema.columns(), limits)
-            stats = block_stats(path, schema)
+            summary = BlockSummary(schema)
+            if limits is not None:
+                check_rows(pq.read_metadata(path).num_rows, limits)
+                counter = DecodedSize(pq.read_schema(path), schema.columns(), limits, blob.bytes)
+            for batch in read_batches(path, schema):
+                if limits is not None:  # counted from dictionaries, before anything is spelled out
+                    counter.add(batch)
+                summary.add(batch)
+            stats = summary.stats()
         except DataError as exc:
             raise Problem(422, str(exc), title="Block does not fit the stream schema", columns=exc.columns) from exc
         except (pa.ArrowException, OSError) as exc:

@@ -11,7 +11,6 @@ engine read batch too large to hold in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diet_engine.data.blocks import DEFAULT_READ_ROWS
+from diet_engine.data.blocks import DEFAULT_READ_ROWS, text_columns
 from service.problems import Problem
 
 # The engine holds one read batch (DEFAULT_READ_ROWS rows) of the schema columns at a time.
@@ -32,12 +31,6 @@ class DecodeLimits:
     max_rows: int
     max_decoded_bytes: int
     max_batch_decoded_bytes: int = MAX_BATCH_DECODED_BYTES
-
-
-def _is_text(t: pa.DataType) -> bool:
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 def _fixed_width(t: pa.DataType) -> int:
@@ -63,40 +56,56 @@ def _text_bytes(column: pa.Array | pa.ChunkedArray) -> int:
     return total
 
 
-def _batch_sizes(path: Path, columns: list[str], rows: int) -> Iterator[tuple[int, int]]:
-    """(rows, decoded bytes) of each engine read batch of `columns`; text columns are read as dictionaries."""
-    arrow = pq.read_schema(path)
-    present = [c for c in columns if arrow.get_field_index(c) >= 0]  # the engine names the missing ones
-    text = [c for c in present if _is_text(arrow.field(c).type)]
-    fixed_row_bytes = sum(_fixed_width(arrow.field(c).type) for c in present if c not in text)
-    if not text:
-        for start in range(0, rows, DEFAULT_READ_ROWS):
-            n = min(DEFAULT_READ_ROWS, rows - start)
-            yield n, n * fixed_row_bytes
-        return
-    reader = pq.ParquetFile(path, read_dictionary=text, pre_buffer=False)  # one row group in memory, not all
-    for batch in reader.iter_batches(batch_size=DEFAULT_READ_ROWS, columns=text):
-        yield batch.num_rows, batch.num_rows * fixed_row_bytes + sum(_text_bytes(batch.column(c)) for c in text)
-
-
-def check_decoded_size(path: Path, columns: list[str], limits: DecodeLimits) -> None:
-    """Raise a 413 Problem when the block's `columns` decode to more than `limits` allow."""
-    rows = pq.read_metadata(path).num_rows
+def check_rows(rows: int, limits: DecodeLimits) -> None:
     if rows > limits.max_rows:
         raise Problem(413, f"the block holds {rows} rows, over the limit of {limits.max_rows} (DIET_MAX_BLOCK_ROWS)",
                       title=_TITLE)  # fmt: skip
-    done = total = 0
-    for n, batch_bytes in _batch_sizes(path, columns, rows):
-        done += n
-        total += batch_bytes
+
+
+class DecodedSize:
+    """What the engine's read batches of `columns` decode to, counted batch by batch from batches whose text
+    columns were read as dictionaries (each distinct value once); raises a 413 Problem once over `limits`."""
+
+    def __init__(self, arrow: pa.Schema, columns: list[str], limits: DecodeLimits, file_bytes: int) -> None:
+        present = [c for c in columns if arrow.get_field_index(c) >= 0]  # the engine names the missing ones
+        self.text = text_columns(arrow, present)
+        self.fixed_row_bytes = sum(_fixed_width(arrow.field(c).type) for c in present if c not in self.text)
+        self.limits = limits
+        self.file_bytes = file_bytes
+        self.rows = self.total = 0
+
+    def add_rows(self, n: int, text_bytes: int = 0) -> None:
+        batch_bytes = n * self.fixed_row_bytes + text_bytes
+        self.rows += n
+        self.total += batch_bytes
+        limits = self.limits
         if batch_bytes > limits.max_batch_decoded_bytes:
             raise Problem(
-                413, f"rows {done - n}..{done - 1} of the block decode to {batch_bytes} bytes, over the "
+                413, f"rows {self.rows - n}..{self.rows - 1} of the block decode to {batch_bytes} bytes, over the "
                 f"{limits.max_batch_decoded_bytes} bytes one read batch may take: are some values very long?",
                 title=_TITLE,
             )  # fmt: skip
-        if total > limits.max_decoded_bytes:
+        if self.total > limits.max_decoded_bytes:
             raise Problem(
                 413, f"the block decodes to more than {limits.max_decoded_bytes} bytes (DIET_MAX_BLOCK_DECODED_BYTES) "
-                f"from {path.stat().st_size} bytes of Parquet", title=_TITLE,
+                f"from {self.file_bytes} bytes of Parquet", title=_TITLE,
             )  # fmt: skip
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Count one engine read batch (DEFAULT_READ_ROWS rows), its text columns read as dictionaries."""
+        self.add_rows(batch.num_rows, sum(_text_bytes(batch.column(c)) for c in self.text))
+
+
+def check_decoded_size(path: Path, columns: list[str], limits: DecodeLimits) -> None:
+    """Raise a 413 Problem when the block's `columns` decode to more than `limits` allow (a pass of its own)."""
+    rows = pq.read_metadata(path).num_rows
+    check_rows(rows, limits)
+    arrow = pq.read_schema(path)
+    counter = DecodedSize(arrow, columns, limits, path.stat().st_size)
+    if not counter.text:  # fixed widths only: counted from the row count, nothing read
+        for start in range(0, rows, DEFAULT_READ_ROWS):
+            counter.add_rows(min(DEFAULT_READ_ROWS, rows - start))
+        return
+    reader = pq.ParquetFile(path, read_dictionary=counter.text, pre_buffer=False)  # one row group in memory, not all
+    for batch in reader.iter_batches(batch_size=DEFAULT_READ_ROWS, columns=counter.text):
+        counter.add(batch)

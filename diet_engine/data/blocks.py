@@ -91,11 +91,16 @@ def check_arrow_schema(arrow: pa.Schema, schema: StreamSchema) -> None:
         raise DataError("block does not match the stream schema: " + "; ".join(problems), bad)
 
 
+def timestamp_seconds_array(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Epoch seconds of a timestamp or integer-seconds column, as an Arrow int64 column."""
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.timestamp("s", tz=column.type.tz))
+    return pc.cast(column, pa.int64())
+
+
 def timestamps_seconds(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Epoch seconds of a timestamp or integer-seconds column."""
-    if pa.types.is_timestamp(column.type):
-        column = pc.cast(column.cast(pa.timestamp("s", tz=column.type.tz)), pa.int64())
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.asarray(timestamp_seconds_array(column).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- record batch -> tensors
@@ -264,17 +269,83 @@ class BlockStats:
     label_rates: dict[str, float]
 
 
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def text_columns(arrow: pa.Schema, columns: list[str]) -> list[str]:
+    """Those of `columns` that hold text: read as dictionaries, each distinct value is decoded once."""
+    return [c for c in columns if arrow.get_field_index(c) >= 0 and _is_text(arrow.field(c).type)]
+
+
+def _label_positives(name: str, column: pa.Array) -> float:
+    """How many rows of a 0/1 label column are 1; DataError unless every row is 0 or 1."""
+    if column.null_count:
+        raise DataError(f"label {name} has missing values", [name])
+    if not len(column):
+        return 0.0
+    if pa.types.is_floating(column.type):
+        # NaN equals neither, so it is refused too
+        ok = pc.all(pc.or_(pc.equal(column, 0.0), pc.equal(column, 1.0))).as_py()
+    else:  # integers and booleans: their range says it
+        low, high = (v.as_py() for v in pc.min_max(column).values())
+        ok = 0 <= low and high <= 1
+    if not ok:
+        raise DataError(f"label {name} must be 0 or 1 (found other values, NaN or negatives)", [name])
+    return float(pc.sum(column).as_py())
+
+
+class BlockSummary:
+    """The whole-block checks and summary, fed record batch by record batch, each checked as a whole column
+    with Arrow compute (no per-row Python): 0/1 labels without gaps, numbers and timestamps that convert the
+    way training converts them, text that is valid UTF-8; it counts rows, positives and the time range."""
+
+    def __init__(self, schema: StreamSchema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self.positives = np.zeros(schema.num_tasks)
+        self.time_min: int | None = None
+        self.time_max: int | None = None
+
+    def add(self, rb: pa.RecordBatch) -> None:
+        schema = self.schema
+        for f in schema.fields:
+            column = rb.column(f.name)
+            if _is_text(column.type):
+                column.validate(full=True)  # UTF-8 (of the dictionary only, when read as one)
+        for f in schema.numeric:
+            column = rb.column(f.name)
+            if pa.types.is_int64(column.type) or pa.types.is_uint64(column.type):  # other numbers always convert
+                pc.cast(column, pa.float64())  # as batch_to_tensors converts them: past 2**53 it refuses
+        for j, name in enumerate(schema.labels):
+            self.positives[j] += _label_positives(name, rb.column(name))
+        seconds = timestamp_seconds_array(rb.column(schema.timestamp))
+        if len(seconds) - seconds.null_count:
+            low, high = (v.as_py() for v in pc.min_max(seconds).values())
+            self.time_min = low if self.time_min is None else min(self.time_min, low)
+            self.time_max = high if self.time_max is None else max(self.time_max, high)
+        self.rows += rb.num_rows
+
+    def stats(self) -> BlockStats:
+        n = self.rows
+        rates = {name: (float(self.positives[j] / n) if n else 0.0) for j, name in enumerate(self.schema.labels)}
+        return BlockStats(n, self.time_min, self.time_max, rates)
+
+
+def read_batches(path: str | Path, schema: StreamSchema, rows: int = DEFAULT_READ_ROWS) -> Iterator[pa.RecordBatch]:
+    """The schema columns of a Parquet file in record batches, text read as dictionaries, one row group at a time."""
+    arrow = pq.read_schema(path)
+    check_arrow_schema(arrow, schema)
+    # pre_buffer reads ahead every row group's column chunks at once: the whole file in memory.
+    pf = pq.ParquetFile(path, pre_buffer=False, read_dictionary=text_columns(arrow, schema.columns()))
+    yield from pf.iter_batches(batch_size=rows, columns=schema.columns())
+
+
 def block_stats(path: str | Path, schema: StreamSchema, rows: int = DEFAULT_READ_ROWS) -> BlockStats:
-    """Validate a whole block (schema, 0/1 labels, hashable fields) and summarise it, batch by batch."""
-    n = 0
-    positives = np.zeros(schema.num_tasks)
-    tmin: int | None = None
-    tmax: int | None = None
-    for batch, ts in iter_parquet(path, schema, rows):
-        n += len(batch)
-        positives += batch.labels.sum(0).double().numpy()
-        if len(ts):
-            tmin = int(ts.min()) if tmin is None else min(tmin, int(ts.min()))
-            tmax = int(ts.max()) if tmax is None else max(tmax, int(ts.max()))
-    rates = {name: (float(positives[j] / n) if n else 0.0) for j, name in enumerate(schema.labels)}
-    return BlockStats(n, tmin, tmax, rates)
+    """Validate a whole block (schema, 0/1 labels, convertible values) and summarise it, batch by batch."""
+    summary = BlockSummary(schema)
+    for rb in read_batches(path, schema, rows):
+        summary.add(rb)
+    return summary.stats()

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from diet_client.models import Manifest, Page
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, SettingsDep, StorageDep
+from service.etags import etag_matches
+from service.file_response import FileRangeResponse
 from service.manifest import INTERNAL_ARTIFACTS, MEDIA_TYPES, manifest
 from service.pages import MAX_ID, PagingDep, page_out
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import aliases, datasets
+from service.registry.db import Database
 from service.registry.tables import DatasetVersion
 from service.routes.streams import find_stream, stream_filter
 
@@ -86,46 +91,64 @@ def list_datasets(
 
 
 @router.get("/datasets/{version}", response_model=Manifest, dependencies=[Depends(require("read"))])
-def get_dataset(version: str, session: SessionDep, response: Response) -> Manifest:
+async def get_dataset(version: str, db: DatabaseDep) -> Response:
     """The manifest of a version, named any of the ways `find_version` takes; `version` in it is the one resolved."""
-    found = find_version(session, version)
-    response.headers.update(resolved(found))
-    return manifest(found)
+    # One worker thread does the lookup and renders the answer: no session dependency's thread hops.
+    return await run_in_threadpool(_manifest_answer, db, version)
 
 
-@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
-@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
-def download(
-    version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
-) -> Response:
-    """Stream an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it.
-
-    With DIET_ARTIFACT_REDIRECT on object storage, a GET is answered 307 to a presigned URL of the
-    blob instead (HEAD still answers here, with the size and ETag)."""
-    # A session of its own, closed before streaming: a download must not hold a registry transaction.
+def _manifest_answer(db: Database, version: str) -> Response:
     with db.read_session() as session:
         found = find_version(session, version)
-        resolved_label = resolved(found)
+        body = manifest(found).model_dump_json(by_alias=True).encode()  # as FastAPI would render it
+        return Response(body, media_type="application/json", headers=resolved(found))
+
+
+@dataclass(frozen=True)
+class _File:
+    label: str
+    key: str
+    bytes: int
+    sha256: str
+
+
+def _find_file(db: Database, version: str, name: str) -> _File:
+    # A session of its own, closed before sending: a download must not hold a registry transaction.
+    with db.read_session() as session:
+        found = find_version(session, version)
+        # the optimiser state the next stage resumes from is the worker's, not a consumer's file
         public = [a for a in found.artifacts if a["name"] not in INTERNAL_ARTIFACTS]
         artifact = next((a for a in public if a["name"] == name), None)
         if artifact is None:
             names = ", ".join(a["name"] for a in public)
             raise Problem(404, f"{found.label} has no file {name!r} to download (it has {names})")
+        return _File(found.label, artifact["key"], artifact["bytes"], artifact["sha256"])
 
-    size = artifact["bytes"]
-    etag = f'"{artifact["sha256"]}"'
+
+@router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
+@router.head("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))], operation_id="head_file")
+async def download(
+    version: str, name: str, request: Request, db: DatabaseDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Send an artifact; `ETag` is its sha256, `Range: bytes=a-b` gets part of it.
+
+    With DIET_ARTIFACT_REDIRECT on object storage, a GET is answered 307 to a presigned URL of the
+    blob instead (HEAD still answers here, with the size and ETag)."""
+    artifact = await run_in_threadpool(_find_file, db, version, name)
+    size = artifact.bytes
+    etag = f'"{artifact.sha256}"'
     headers = {
-        **resolved_label,
+        RESOLVED_HEADER: artifact.label,
         "ETag": etag,
         "Accept-Ranges": "bytes",
         # versions never change, but an alias or `latest` may name another one tomorrow
         "Cache-Control": "private, max-age=31536000, immutable" if _pinned(version) else "private, no-cache",
         "Content-Disposition": f'attachment; filename="{name}"',
     }
-    if _matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if settings.artifact_redirect and request.method == "GET":
-        url = storage.presigned_url(artifact["key"], settings.artifact_redirect_expires_s)
+        url = await run_in_threadpool(storage.presigned_url, artifact.key, settings.artifact_redirect_expires_s)
         if url is not None:  # the client follows it with its Range, and checks the bytes against the ETag
             redirect = {"Location": url, "ETag": etag, "Cache-Control": "private, no-store"}
             return Response(status_code=307, headers=redirect)
@@ -138,18 +161,13 @@ def download(
     media_type = MEDIA_TYPES.get(name, "application/octet-stream")
     if request.method == "HEAD" or size == 0:
         return Response(status_code=status, headers=headers, media_type=media_type)
+    if storage.is_local:  # the kernel copies it from the page cache to the socket
+        return FileRangeResponse(storage.path(artifact.key), first, last - first + 1, status, headers, media_type)
     return StreamingResponse(
-        storage.iter_bytes(artifact["key"], first, last), status_code=status, headers=headers, media_type=media_type
+        storage.iter_bytes(artifact.key, first, last), status_code=status, headers=headers, media_type=media_type
     )
 
 
 def _pinned(version: str) -> bool:
     match = _VERSION.match(version)
     return match is not None and bool(match["number"] or match["digest"])
-
-
-def _matches(if_none_match: str | None, etag: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    return "*" in tags or etag in tags

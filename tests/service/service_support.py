@@ -162,7 +162,9 @@ def deployed_env(tmp_path: Path, database_url: str, redis_url: str, redis_prefix
 
 
 def api_process(name: str, env: dict[str, str], log_dir: Path, port: int) -> Process:
-    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:main", "--port", str(port), "--no-access-log"]
+    # As docker-compose runs it: the service's HTTP protocol on asyncio's loop (artifacts go out by sendfile).
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.app:main", "--port", str(port), "--no-access-log",
+               "--http", "service.http_protocol:HttpProtocol", "--loop", "asyncio"]  # fmt: skip
     return Process(name, command, env, log_dir)
 
 

@@ -97,6 +97,11 @@ def run_ml100k_pipeline(c: httpx.Client, ml100k_dir: Path, schema: dict, work: P
     assert "timings" in manifest["metrics"]
     listed = c.get("/datasets", params={"stream": STREAM}).json()
     assert [v["number"] for v in listed["items"]] == [3, 2, 1]
+    for read in (f"/datasets/{STREAM}@latest", f"/datasets/{STREAM}@v3", "/datasets"):  # polled: 304 until it changes
+        answer = c.get(read)
+        unchanged = c.get(read, headers={"If-None-Match": answer.headers["etag"]})
+        assert unchanged.status_code == 304 and unchanged.content == b"", read
+        assert unchanged.headers["etag"] == answer.headers["etag"]
 
     artifacts = {a["name"]: a for a in manifest["artifacts"]}
     assert set(artifacts) == {"synthetic.parquet", "reference.safetensors", "manifest.json"}

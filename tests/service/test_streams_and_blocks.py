@@ -47,6 +47,23 @@ def test_create_stream_is_idempotent_and_fixed(admin, ml100k_schema):
     expect_problem(admin.get("/streams/nope"), 404, "no stream named 'nope'")
 
 
+def test_reads_carry_etags_and_unchanged_ones_are_304(admin, ml100k_dir, stream):
+    reads = ["/streams", f"/streams/{stream}", "/blocks", f"/blocks?stream={stream}", "/jobs"]
+    tags = {}
+    for read in reads:
+        answer = admin.get(read)
+        assert answer.status_code == 200 and answer.headers["etag"].startswith('"'), read
+        assert answer.headers["cache-control"] == "private, no-cache"  # reuse, but ask first
+        tags[read] = answer.headers["etag"]
+        unchanged = admin.get(read, headers={"If-None-Match": f'"other", {tags[read]}'})
+        assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == tags[read]
+    admin.post("/blocks", params={"stream": stream}, content=(ml100k_dir / "b1.parquet").read_bytes(), headers=PARQUET)
+    changed = admin.get(f"/blocks?stream={stream}", headers={"If-None-Match": tags[f"/blocks?stream={stream}"]})
+    assert changed.status_code == 200 and changed.json()["total"] == 1
+    assert changed.headers["etag"] != tags[f"/blocks?stream={stream}"]
+    assert admin.get("/streams/nope", headers={"If-None-Match": "*"}).status_code == 404  # errors are never 304
+
+
 def test_bad_stream_bodies(admin, ml100k_schema):
     bad_json = admin.post("/streams", content=b'{"name": "x",', headers={"Content-Type": "application/json"})
     assert expect_problem(bad_json, 400, "not valid JSON")["title"] == "Malformed JSON"

@@ -63,6 +63,13 @@ def test_labels_must_be_binary(tmp_path, bad):
         block_stats(tmp_path / "b.parquet", tiny_schema())
 
 
+@pytest.mark.parametrize("labels", [pa.array([True, False, False, True] * 25), pa.array([1.0, 0.0, 0.0, 1.0] * 25),
+                                    pa.array([1, 0, 0, 1] * 25, pa.uint8())])  # fmt: skip
+def test_label_rates_of_every_label_type(tmp_path, labels):
+    pq.write_table(generated_log(100).set_column(4, "click", labels), tmp_path / "b.parquet")
+    assert block_stats(tmp_path / "b.parquet", tiny_schema(), rows=16).label_rates["click"] == 0.5
+
+
 def test_block_stats(tmp_path):
     table = generated_log(500)
     pq.write_table(table, tmp_path / "b.parquet")
