@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
 from diet_engine.data.convert.splits import load_split_dir
-from diet_engine.data.blocks import TensorBlock
+from diet_engine.data.blocks import Block, TensorBlock
 from diet_engine.distill.stage import distill_in_memory
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
@@ -140,13 +141,26 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
     else:
         finetune, history_rows = [splits.subsequent], len(sets[method])
         kwargs.update(embeddings=final_embedding, distilled=sets[method], probe=splits.test)
+    return train_cell(model, splits.schema, finetune, splits.valid, splits.test, cfg.candidate,
+                      cfg.candidate_repeats, seed, history_rows, **kwargs)  # fmt: skip
+
+
+def train_cell(
+    model: str, schema: StreamSchema, finetune: list[Block], valid: TensorBlock, test: TensorBlock,
+    candidate: CandidateConfig, repeats: int, seed: int, history_rows: int, **kwargs: Any,
+) -> dict:
+    """One (method, model) cell: `repeats` candidates (seeds seed, seed+1000, …) by the shared protocol, tested.
+
+    `kwargs` go to train_candidate (embeddings, distilled, probe). The audit of a dataset version
+    (diet_engine.evaluate.audit) trains its cells here too, so its numbers are the bench's.
+    """
     runs, tests, seconds = [], [], []
-    for repeat in range(cfg.candidate_repeats):
+    for repeat in range(repeats):
         t0 = time.perf_counter()
-        runs.append(train_candidate(model, splits.schema, finetune=finetune, valid=splits.valid, cfg=cfg.candidate,
+        runs.append(train_candidate(model, schema, finetune=finetune, valid=valid, cfg=candidate,
                                     seed=seed + 1000 * repeat, **kwargs))
         seconds.append(time.perf_counter() - t0)
-        tests.append(evaluate(runs[-1].model, splits.test))
+        tests.append(evaluate(runs[-1].model, test))
     return {"auc": statistics.fmean(t.mean_auc for t in tests), "logloss": statistics.fmean(t.mean_logloss for t in tests),
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],
@@ -189,6 +203,7 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
         "results": results,
         "best_reduced": max(reduced, key=model_mean.__getitem__) if reduced else None,
         "kendall_tau": agreement(mean_auc, models),
+        "top1_regret": top1_regret(mean_auc, models),
         "gap_recovered": gap(mean_auc, models),
         "kendall_tau_interval": tau_interval(cells, methods, models),
         "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
@@ -210,6 +225,16 @@ def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, 
         return {}
     ref = np.array([[auc["full"][k] for k in models]])
     return {m: float(kendall_tau_b(ref, np.array([[auc[m][k] for k in models]]))[0]) for m in auc}
+
+
+def top1_regret(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
+    """Per method: full data's test AUC of full data's best model minus full data's test AUC of the model the
+    method ranks first (0: the method picks the model full history would; ties go to the first in `models`)."""
+    if "full" not in auc or not models:
+        return {}
+    full = auc["full"]
+    best = max(full[k] for k in models)
+    return {m: float(best - full[max(models, key=lambda k: auc[m][k])]) for m in auc}
 
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
