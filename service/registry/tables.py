@@ -123,6 +123,11 @@ class Block(Base):
     time_max: Mapped[datetime | None]
     label_rates: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft deletion: hidden and restorable until purged; purged (retired): the blob is freed, the row
+    # with its sha256 and stats stays, for the lineage of the versions that saw it.
+    deleted_at: Mapped[datetime | None]
+    deleted_by: Mapped[str | None] = mapped_column(String(200))
+    purged_at: Mapped[datetime | None]
 
     stream: Mapped[Stream] = relationship(lazy="joined", innerjoin=True)
 
@@ -196,6 +201,11 @@ class DatasetVersion(Base):
     # [{"name", "key", "bytes", "sha256"}]: synthetic.parquet, reference.safetensors, manifest.json
     artifacts: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft deletion: hidden and restorable until purged; purged: the artifacts are freed, the row
+    # (digests, stats, parent) stays, so later versions' lineage stays whole.
+    deleted_at: Mapped[datetime | None]
+    deleted_by: Mapped[str | None] = mapped_column(String(200))
+    purged_at: Mapped[datetime | None]
 
     stream: Mapped[Stream] = relationship(lazy="joined", innerjoin=True)
     parent: Mapped[DatasetVersion | None] = relationship(remote_side=[id], lazy="joined")
@@ -204,3 +214,51 @@ class DatasetVersion(Base):
     @property
     def label(self) -> str:
         return f"{self.stream.name}@v{self.number}"
+
+
+class Alias(Base):
+    """A name a user moves between versions of a stream (`STREAM@prod`); `latest` is not one (it is automatic)."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("stream_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    moved_by: Mapped[str] = mapped_column(String(200))
+    moved_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    version: Mapped[DatasetVersion] = relationship(lazy="joined", innerjoin=True)
+
+
+class AliasEvent(Base):
+    """One move of an alias: set (from None), moved, or removed (to None). Kept after the alias goes."""
+
+    __tablename__ = "alias_events"
+    __table_args__ = (Index("ix_alias_events_stream_id_name", "stream_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    to_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    from_version: Mapped[DatasetVersion | None] = relationship(foreign_keys=[from_version_id], lazy="joined")
+    to_version: Mapped[DatasetVersion | None] = relationship(foreign_keys=[to_version_id], lazy="joined")
+
+
+class RetentionPolicy(Base):
+    """What the sweep keeps of a stream: the newest `keep_last` versions and those younger than `keep_days`
+    (either may be null: no limit of that kind). Aliased versions and what jobs need are kept regardless."""
+
+    __tablename__ = "retention_policies"
+
+    stream_id: Mapped[int] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    keep_last: Mapped[int | None]
+    keep_days: Mapped[int | None]
+    grace_s: Mapped[int]  # how long a soft-deleted version or block stays restorable
+    updated_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from service.registry import migrate
 from service.registry.tables import Base
 
-TABLES = {"tokens", "streams", "blocks", "jobs", "dataset_versions"}
+TABLES = {"tokens", "streams", "blocks", "jobs", "dataset_versions", "aliases", "alias_events", "retention_policies"}
 HEAD = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head()
 
 
@@ -31,6 +31,9 @@ def _check_round_trip(url: str) -> None:
         migrate.upgrade(url)
         assert TABLES <= set(inspect(engine).get_table_names())
         # Down to before token expiry and up again: the tables and the code agree at head again.
+        migrate.downgrade(url, "0003")  # before aliases, retention and soft deletion
+        assert not {"aliases", "alias_events", "retention_policies"} & set(inspect(engine).get_table_names())
+        assert "deleted_at" not in {c["name"] for c in inspect(engine).get_columns("dataset_versions")}
         migrate.downgrade(url, "0002")
         assert "expires_at" not in {c["name"] for c in inspect(engine).get_columns("tokens")}
         migrate.upgrade(url)
