@@ -15,12 +15,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import logs, problems
+from service import logs, problems, webhooks
 from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
-from service.routes import blocks, datasets, health, reports, streams
+from service.routes import audits, blocks, datasets, health, reports, streams
+from service.routes import webhooks as webhook_routes
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.storage_url, settings.storage_options)
     prepare_broker(settings)
     app.state.celery = make_celery(settings)
+    webhooks.send_after_commit(app.state.db, app.state.celery)
     app.state.metrics = Metrics(app.state.db)
 
     problems.install(app)
@@ -81,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_timeout_s=settings.body_timeout_s,
         exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/blocks",
     )
-    for module in (health, streams, blocks, job_routes, datasets, reports):
+    # audits before jobs: /jobs/audit is not a job id
+    for module in (health, streams, blocks, audits, job_routes, datasets, reports, webhook_routes):
         app.include_router(module.router, responses=problems.RESPONSES)
     return app
 

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from diet_engine.config import DistillConfig, ReferenceConfig
+from diet_client.models import AuditPolicy
+from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
+from diet_engine.evaluate.audit import AuditConfig, pool_models
 from diet_engine.models import MODELS
 from diet_engine.data.schema import NAME, StreamSchema
 from service.auth import require
@@ -31,6 +33,20 @@ class StreamIn(BaseModel):
     stream_schema: StreamSchema = Field(alias="schema", description="exactly the schema.json `diet convert` writes")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig, description="defaults of every distill job")
+    licence: str | None = Field(
+        default=None, max_length=200, pattern=r"^[ -~]+$", description="the data's licence (an SPDX id), carried by exports"
+    )
+    audit: AuditPolicy | None = Field(default=None, description="audit every k-th stage's version (POST /jobs/audit)")
+
+    @field_validator("audit")
+    @classmethod
+    def _known_pool(cls, audit: AuditPolicy | None) -> AuditPolicy | None:
+        if audit is not None:
+            AuditConfig(models=audit.models or pool_models(audit.pool), candidate=audit.candidate, repeats=audit.repeats)
+            if "arch" in audit.candidate:
+                raise ValueError("candidate.arch is the version's reference architecture")
+            CandidateConfig.model_validate(audit.candidate)
+        return audit
 
     @field_validator("reference")
     @classmethod
@@ -44,6 +60,8 @@ class StreamIn(BaseModel):
             "schema": self.stream_schema.model_dump(mode="json"),
             "reference": self.reference.model_dump(mode="json"),
             "distill": self.distill.model_dump(mode="json"),
+            "licence": self.licence,
+            "audit": self.audit.model_dump(mode="json") if self.audit else None,
         }
 
 
@@ -53,6 +71,8 @@ class StreamOut(BaseModel):
     stream_schema: dict[str, Any] = Field(serialization_alias="schema")
     reference: dict[str, Any]
     distill: dict[str, Any]
+    licence: str | None
+    audit: dict[str, Any] | None
     created_at: datetime
 
 
@@ -63,6 +83,8 @@ def stream_out(stream: Stream) -> StreamOut:
         stream_schema=stream.schema_doc,
         reference=stream.reference,
         distill=stream.distill,
+        licence=stream.licence,
+        audit=stream.audit,
         created_at=stream.created_at,
     )
 
@@ -87,7 +109,10 @@ def create_stream(body: StreamIn, session: SessionDep, response: Response) -> St
         except IntegrityError:
             session.rollback()  # created meanwhile by a concurrent request: compare with that one
             existing = find_stream(session, body.name)
-    current = {"schema": existing.schema_doc, "reference": existing.reference, "distill": existing.distill}
+    current = {
+        "schema": existing.schema_doc, "reference": existing.reference, "distill": existing.distill,
+        "licence": existing.licence, "audit": existing.audit,
+    }  # fmt: skip
     if current != wanted:
         differs = sorted(k for k in wanted if wanted[k] != current[k])
         raise Problem(
