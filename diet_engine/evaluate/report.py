@@ -97,6 +97,18 @@ class Evaluation(BaseModel):
     best_reduced: str | None = None
 
 
+class AuditRow(BaseModel):
+    """One audited version of the stream: its candidates' ranking against full data's (service audits)."""
+
+    version: str
+    created_at: str | None = None
+    kendall_tau: float | None
+    top1_regret: float
+    mean_auc: float  # the version's candidates'
+    full_mean_auc: float  # full history's
+    alarm: bool
+
+
 class Report(BaseModel):
     title: str
     subtitle: str
@@ -108,6 +120,8 @@ class Report(BaseModel):
     curves: list[LossCurve] = Field(default_factory=list)
     evaluation: Evaluation | None = None
     config: dict[str, Any] | None = None
+    audits: list[AuditRow] = Field(default_factory=list)  # oldest version first
+    audit_threshold: float | None = None
 
 
 # --------------------------------------------------------------------------- soft label rates
@@ -152,10 +166,15 @@ def synthetic_label_rates(source: str | IO[bytes], temperature: float = 1.0) -> 
 
 
 def dataset_report(
-    lineage: Sequence[dict[str, Any]], block_label_rates: dict[int, dict[str, float]], distilled: SoftLabelRates
+    lineage: Sequence[dict[str, Any]],
+    block_label_rates: dict[int, dict[str, float]],
+    distilled: SoftLabelRates,
+    audits: Sequence[AuditRow] = (),
+    audit_threshold: float | None = None,
 ) -> Report:
     """The report of a dataset version from its manifests (its ancestors first, itself last),
-    the label rates of the real blocks by stage, and the soft label rates of its synthetic rows."""
+    the label rates of the real blocks by stage, the soft label rates of its synthetic rows, and the
+    stream's audited versions (τ over time, flagged below `audit_threshold`)."""
     if not lineage:
         raise ValueError("a dataset report needs at least the version's own manifest")
     version = lineage[-1]
@@ -203,7 +222,8 @@ def dataset_report(
         title=f"DIET dataset {version['version']}",
         subtitle=f"stream {version.get('stream', '?')}, stage {version['stage']}, job {version.get('job', '?')}",
         facts=facts, tasks=distilled.tasks, temperature=distilled.temperature, lineage=rows, balance=balance,
-        curves=curves, evaluation=None, config=version.get("config"),
+        curves=curves, evaluation=None, config=version.get("config"), audits=list(audits),
+        audit_threshold=audit_threshold,
     )  # fmt: skip
 
 
@@ -306,6 +326,7 @@ def render(report: Report, generated: datetime | None = None) -> str:
         _balance(report.balance, report.tasks, report.temperature),
         _curves(report.curves),
         _evaluation(report.evaluation),
+        _audits(report.audits, report.audit_threshold),
         _config(report.config),
     ]
     return PAGE.substitute(
@@ -427,6 +448,27 @@ def _evaluation(ev: Evaluation | None) -> str:
         "interval it moves in when each cell's candidates are resampled; gap recovered: "
         "share of the cold→full AUC gap; set alone: test AUC after the distilled phase, before the fine-tune on the "
         "subsequent block (what the history set by itself taught the candidates).</p>" + table + plot + "</section>"
+    )
+
+
+def _audits(rows: list[AuditRow], threshold: float | None) -> str:
+    if not rows:
+        return ""
+    plot = report_plots.line_over(
+        [f"v{r.version.rsplit('@v', 1)[-1]}" for r in rows], [r.kendall_tau for r in rows], "Kendall τ", threshold
+    )
+    head = ["version", "audited", "Kendall τ", "top-1 regret", "mean AUC", "full data's", "flag"]
+    body = [
+        [r.version, r.created_at or "–", "–" if r.kendall_tau is None else f"{r.kendall_tau:+.2f}",
+         f"{r.top1_regret:.4f}", _num(r.mean_auc), _num(r.full_mean_auc), "τ below threshold" if r.alarm else ""]
+        for r in rows
+    ]  # fmt: skip
+    bar = "" if threshold is None else f" The stream's alarm threshold is τ = {threshold:g}."
+    return (
+        '<section id="audits"><h2>Audits: does it rank models like full history?</h2>'
+        "<p class=\"note\">Each audit trains a pool of architectures on the version and on full history and "
+        "compares their test-AUC rankings (Kendall τ-b; top-1 regret is full data's AUC lost by taking the "
+        f"version's best model).{_e(bar)}</p>" + plot + _table(head, body, text_columns=2) + "</section>"
     )
 
 

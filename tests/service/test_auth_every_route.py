@@ -27,7 +27,7 @@ pytestmark = pytest.mark.security
 
 # Reachable without a token: liveness, readiness and the API's own description.
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-SCOPES = ("ingest", "distill", "read")
+SCOPES = ("ingest", "distill", "read", "webhooks")
 
 
 def _endpoints(app: FastAPI) -> list[tuple[str, str, str]]:
