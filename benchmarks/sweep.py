@@ -2,10 +2,14 @@
 
     python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0]
 
-SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`.
-Each (name, seed) runs as its own single-threaded process; results are merged per
-name into the bench's summary (means over seeds, Kendall τ, gap recovered), printed
-as one table of mean AUC per method and written to OUT/sweep.json.
+SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`; with
+`"groups": ["full,cold", "diet"]` instead of "methods", each group of methods runs as its own process
+and `"with": "OTHER"` merges in OTHER's cells of the methods this one does not run (full data and cold
+start do not depend on the reference, so several configurations can share them);
+(one GPU takes many such processes at once: each is bound by its own kernel launches). Each
+(name, group, seed) runs as its own single-threaded process; results are merged per name into the
+bench's summary (means over seeds, Kendall τ, gap recovered), printed as one table of mean AUC per
+method and written to OUT/sweep.json.
 """
 
 from __future__ import annotations
@@ -29,13 +33,13 @@ from diet_engine.models import MODELS  # noqa: E402
 TIMEOUT_S = float(os.environ.get("SWEEP_JOB_TIMEOUT_S", "3600"))
 
 
-def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str) -> tuple[str, int, Path, float, int]:
-    run_dir = out / f"{name}-s{seed}"
+def run_one(name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str) -> tuple[str, int, Path, float, int]:
+    run_dir = out / f"{name}-g{group}-s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     cfg_file.write_text(json.dumps(spec.get("config", {})))
     cmd = [sys.executable, "-m", "diet_engine", "bench", "--data", str(data), "--out", str(run_dir),
-           "--methods", spec["methods"], "--models", models, "--seed", str(seed), "--seeds", "1",
+           "--methods", groups_of(spec)[group], "--models", models, "--seed", str(seed), "--seeds", "1",
            "--ratio", str(spec.get("ratio", 0.02)), "--config", str(cfg_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DIET_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -47,11 +51,16 @@ def run_one(name: str, spec: dict, seed: int, data: Path, out: Path, models: str
     return name, seed, run_dir, time.perf_counter() - t0, rc
 
 
+def groups_of(spec: dict) -> list[str]:
+    return spec.get("groups") or [spec["methods"]]
+
+
 def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
-    methods = list(runs[0][1]["results"])
+    """One summary of runs (seed, results.json), each holding some methods of one seed."""
+    methods = list(dict.fromkeys(m for _, res in runs for m in res["results"]))
     cells = {m: {k: [] for k in models} for m in methods}
     for _, res in sorted(runs, key=lambda r: r[0]):
-        for m in methods:
+        for m in res["results"]:
             for k in models:
                 c = res["results"][m][k]
                 cells[m][k].append({"auc": c["auc"], "logloss": c["logloss"], "train_seconds": c["train_seconds"],
@@ -79,21 +88,26 @@ def main() -> int:
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
     models = args.models.split(",")
-    jobs = [(n, s, seed) for n, s in specs.items() for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    jobs = [(n, s, g, seed) for n, s in specs.items() for g in range(len(groups_of(s)))
+            for seed in range(args.first_seed, args.first_seed + args.seeds)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: run_one(j[0], j[1], j[2], args.data, args.out, args.models), jobs))
-    merged, failures = {}, []
-    for name in specs:
-        runs = []
-        for n, seed, run_dir, seconds, rc in done:
-            if n != name:
-                continue
-            if rc != 0:
-                failures.append(f"{name} seed {seed}: exit {rc}, see {run_dir / 'log.txt'}")
-                continue
-            res = json.loads((run_dir / "results.json").read_text())
-            res["wall_seconds"] = seconds
-            runs.append((seed, res))
+        done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models), jobs))
+    merged, failures, loaded = {}, [], {}
+    for n, seed, run_dir, seconds, rc in done:
+        if rc != 0:
+            failures.append(f"{n} seed {seed}: exit {rc}, see {run_dir / 'log.txt'}")
+            continue
+        res = json.loads((run_dir / "results.json").read_text())
+        res["wall_seconds"] = seconds
+        loaded.setdefault(n, []).append((seed, res))
+    for name, spec in specs.items():
+        runs = list(loaded.get(name, []))
+        if spec.get("with") in loaded:  # the methods this configuration does not run, from another one's runs
+            own = {m for g in groups_of(spec) for m in g.split(",")}
+            for seed, res in loaded[spec["with"]]:
+                borrowed = {m: r for m, r in res["results"].items() if m not in own}
+                if borrowed:
+                    runs.append((seed, {**res, "results": borrowed}))
         if runs:
             merged[name] = {**merge(runs, models), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}

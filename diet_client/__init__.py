@@ -15,6 +15,7 @@ from diet_client.models import (
     BlockRef,
     Job,
     JobStatus,
+    Liveness,
     Manifest,
     Page,
     Progress,
@@ -27,6 +28,6 @@ from diet_client.models import (
 
 __all__ = [
     "ApiError", "Artifact", "Block", "BlockRef", "ChecksumMismatch", "DietClient", "DietError", "Job", "JobStatus",
-    "Manifest", "Page", "Progress", "PulledDataset", "PulledFile", "Readiness", "ServiceUnreachable", "Stream",
+    "Liveness", "Manifest", "Page", "Progress", "PulledDataset", "PulledFile", "Readiness", "ServiceUnreachable", "Stream",
     "Upload", "WaitTimeout",
 ]  # fmt: skip

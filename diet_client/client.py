@@ -28,6 +28,7 @@ from diet_client.models import (
     EvaluationBlocks,
     Job,
     JobStatus,
+    Liveness,
     Manifest,
     Page,
     PulledDataset,
@@ -90,7 +91,7 @@ class DietClient:
 
     def health(self) -> bool:
         """Whether the process answers (`/healthz`)."""
-        return self._request("GET", "/healthz").json().get("status") == "ok"
+        return Liveness.model_validate(self._request("GET", "/healthz").json()).status == "ok"
 
     def ready(self) -> Readiness:
         """Database, broker and storage reachable (`/readyz`); ApiError(503) names the one that is not."""

@@ -1,9 +1,10 @@
-"""Typed answers of the DIET API.
+"""The DIET API's answers on the wire: the one definition of each, pydantic only.
 
-They mirror the service's response models (service/routes/*.py, service/manifest.py)
-without importing them, so the client installs and runs without the server stack;
-tests/service/test_client.py checks that the two stay in step. Unknown fields are
-ignored, so an older client keeps working against a newer service.
+The service returns these classes as its response models (service/routes/*.py,
+service/manifest.py) and the client parses its answers with them, so the two cannot
+drift apart; importing nothing of the server keeps the client installable without it
+(tests/test_import_graph.py checks both directions). Unknown fields are ignored, so an
+older client keeps working against a newer service.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class _Answer(BaseModel):
 
 
 class Stream(_Answer):
+    """A log stream's fixed definition, as POST /streams stored it."""
+
     id: int
     name: str
     stream_schema: dict[str, Any] = Field(alias="schema")
@@ -54,6 +57,8 @@ class Upload(BaseModel):
 
 
 class JobStatus(enum.StrEnum):
+    """A job's state; the registry's job table holds these values (service/registry/tables.py)."""
+
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -82,8 +87,8 @@ class Job(_Answer):
     progress: Progress | None
     error: str | None
     attempts: int
-    waits_for: int | None
-    dataset: str | None
+    waits_for: int | None = Field(description="the stage t-1 job whose dataset this one needs")
+    dataset: str | None = Field(description="the version it made, once succeeded")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -94,7 +99,7 @@ class Artifact(_Answer):
     name: str
     bytes: int
     sha256: str
-    url: str
+    url: str  # path on the service
 
 
 class BlockRef(_Answer):
@@ -105,18 +110,20 @@ class BlockRef(_Answer):
 
 
 class Manifest(_Answer):
-    version: str
+    """A dataset version: what GET /datasets/{version} returns and what its `manifest.json` holds."""
+
+    version: str  # STREAM@vN
     stream: str
     number: int
     stage: int
-    parent: str | None
-    blocks: list[BlockRef]
+    parent: str | None  # the stage t-1 version it continued from
+    blocks: list[BlockRef]  # every block it has seen, oldest first
     rows: int
     new_rows: int
     kept_rows: int
     history_rows: int
-    ratio: float
-    config: dict[str, Any]
+    ratio: float  # rows / history_rows
+    config: dict[str, Any]  # {"reference": ..., "distill": ...} as run
     metrics: dict[str, Any]
     artifacts: list[Artifact]
     job: int
@@ -134,7 +141,13 @@ class Page(_Answer, Generic[T]):
     total: int
     limit: int
     offset: int
-    next: str | None
+    next: str | None  # path and query of the next page, or null on the last one
+
+
+class Liveness(_Answer):
+    """GET /healthz: the process answers."""
+
+    status: str
 
 
 class Readiness(_Answer):

@@ -32,6 +32,21 @@ def convert_ml100k_cmd(
         console.print(f"{name:>12}  {rows:>7} rows  -> {out / (name + '.parquet')}")
 
 
+@convert_app.command("ml-1m")
+def convert_ml1m_cmd(
+    src: Path = typer.Option(..., help="the raw MovieLens-1M folder (ratings_part1..5.csv, users.tsv, movies.tsv)"),
+    out: Path = typer.Option(..., help="directory to write schema.json and the split files to"),
+) -> None:
+    """MovieLens-1M by the project's protocol: tasks like/love, a seeded random partition into b1-b3, subsequent, valid, test."""
+    from diet_engine.data.convert.ml_1m import ML1M_RATING_PARTS, convert_ml1m, is_ml1m_dir
+
+    if not is_ml1m_dir(src):
+        raise typer.BadParameter(f"{src} lacks {', '.join(ML1M_RATING_PARTS)}, users.tsv or movies.tsv", param_hint="--src")
+    counts = convert_ml1m(src, out)
+    for name, rows in counts.items():
+        console.print(f"{name:>12}  {rows:>7} rows  -> {out / (name + '.parquet')}")
+
+
 @convert_app.command("csv")
 def convert_csv_cmd(
     log: Path = typer.Argument(..., help="the interaction log: CSV (.csv, .tsv, optionally .gz) or Parquet"),
@@ -82,7 +97,7 @@ def _csv_list(value: str) -> list[str]:
 
 @app.command()
 def bench(
-    data: Path = typer.Option(..., help="a converted stream directory, or the raw ML-100K folder"),
+    data: Path = typer.Option(..., help="a converted stream directory, or the raw ML-100K or ML-1M folder"),
     out: Path = typer.Option(Path("bench-out"), help="where results.json goes"),
     methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet and the ablations diet_no_mf,diet_no_ts,diet_no_ms,diet_none"),
     models: str = typer.Option("dcn,dcnv2,finalmlp,finalnet,wukong", help="comma-separated model names"),
@@ -91,11 +106,14 @@ def bench(
     seeds: int = typer.Option(1, min=1, help="seeds per cell; results are mean ± std"),
     candidate_repeats: int = typer.Option(3, min=1, help="candidates trained per cell and seed, test metrics averaged"),
     config: Path | None = typer.Option(None, help="JSON with reference/candidate/distill overrides"),
+    device: str = typer.Option("cpu", help="where every phase runs: cpu, cuda, cuda:N"),
 ) -> None:
     """Train every (method, model) cell, test it, print the table and write results.json."""
     from diet_engine.evaluate.bench import BenchConfig, run_bench
 
-    extra = {"candidate_repeats": candidate_repeats, **(json.loads(config.read_text()) if config else {})}
+    # the --config file's values win over the options' (benchmarks/sweep.py passes device, repeats … there)
+    options = {"candidate_repeats": candidate_repeats, "device": device}
+    extra = {**options, **(json.loads(config.read_text()) if config else {})}
     cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
                       ratio=ratio, seed=seed, seeds=seeds, **extra)
     total = len(cfg.methods) * len(cfg.models) * cfg.seeds

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diet_engine.models.base import ModelConfig
 
@@ -67,11 +67,32 @@ class DistillConfig(_Config):
     lr_embedding: float = Field(default=1e-2, gt=0)
     lr_logits: float = Field(default=1e-1, gt=0)
     temperature: float = Field(default=2.0, gt=0, description="soft labels are sigmoid(logit / temperature)")
+    # where each unroll starts (distill/proxy.py): "previous" = θ_{t-1} (the paper); "pool" = one of
+    # `pool_size` fresh proxies of `proxy_models` (empty: the reference's architecture), each training on
+    # the set with Adam at `pool_lr` on `pool_batch` rows, `pool_advance` steps per outer iteration,
+    # restarting from a new init after `pool_horizon` steps
+    proxy_init: Literal["previous", "pool"] = "previous"
+    proxy_models: list[str] = Field(default_factory=list, max_length=16)
+    pool_size: int = Field(default=4, ge=1, le=64)
+    pool_lr: float = Field(default=1e-3, gt=0)
+    pool_batch: int = Field(default=64, ge=1)
+    pool_horizon: int = Field(default=600, ge=1)
+    pool_advance: int = Field(default=5, ge=0)
     seed: int = 0
     # speed only (results equal up to float rounding): rows per influence/scoring chunk, and on a GPU
     # the inner unroll and meta-gradient replayed as captured CUDA graphs (ignored on a CPU)
     score_batch: int = Field(default=4096, ge=1)
     cuda_graph: bool = False
+
+    @field_validator("proxy_models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        from diet_engine.models import MODELS
+
+        unknown = sorted(set(names) - set(MODELS))
+        if unknown:
+            raise ValueError(f"unknown proxy models {unknown}; the zoo has {sorted(MODELS)}")
+        return names
 
     @property
     def active_rows(self) -> int:
@@ -92,3 +113,6 @@ class CandidateConfig(_Config):
     distilled_lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1)
     # flatter soft labels: on ML-100K T=2 helped every reduced-data method (3-seed sweep)
     temperature: float = Field(default=2.0, gt=0)
+    # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;
+    # the one best on validation is kept (the same rule for every method that fine-tunes). None: `train.lr`
+    finetune_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)

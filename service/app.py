@@ -25,7 +25,7 @@ from service.routes import webhooks as webhook_routes
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
-from worker.queue import make_celery, prepare_broker
+from service.queue import make_celery, prepare_broker
 
 log = logging.getLogger(__name__)
 

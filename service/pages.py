@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel
 
-from service.registry.paging import Page
+from diet_client.models import Page
+from service.registry import paging
 
 T = TypeVar("T")
 
@@ -30,17 +31,12 @@ def page_params(
     return PageParams(limit=limit, offset=offset)
 
 
-class PageOut(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
-    next: str | None  # path and query of the next page, or null on the last one
+PagingDep = Annotated[PageParams, Depends(page_params)]
 
 
-def page_out(page: Page[object], items: list[T], request: Request) -> PageOut[T]:
+def page_out(page: paging.Page[object], items: list[T], request: Request) -> Page[T]:
     next_url = None
     if page.offset + len(items) < page.total:
         query = request.url.include_query_params(offset=page.offset + page.limit).query
         next_url = f"{request.url.path}?{query}"
-    return PageOut[T](items=items, total=page.total, limit=page.limit, offset=page.offset, next=next_url)
+    return Page[T](items=items, total=page.total, limit=page.limit, offset=page.offset, next=next_url)

@@ -5,7 +5,7 @@ The API runs `reconcile` at start and then every `DIET_RECONCILE_S`:
 1. A running job whose heartbeat is older than `DIET_JOB_STALE_AFTER_S` lost its worker (killed,
    its host gone): it is queued again, unsent. The silent attempt can no longer write to the row
    (every write names its attempt), and the next attempt resumes from the stage's checkpoint.
-2. The broker holds a marker message (worker.queue.broker_kept_its_state). When it is gone, the
+2. The broker holds a marker message (service.queue.broker_kept_its_state). When it is gone, the
    broker lost its state (Redis restarted without persistence, or flushed), and with it the
    messages of every queued job: they are all marked unsent. At start the API does this anyway,
    as restarting it has always sent every queued job again.
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from celery import Celery
-
 from sqlalchemy import select
 
 from service import webhooks
@@ -37,7 +36,7 @@ from service.registry.db import Database
 from service.registry.tables import Stream, utcnow
 from service.settings import Settings
 from service.storage import Storage
-from worker.queue import broker_kept_its_state, enqueue, enqueue_audit
+from service.queue import broker_kept_its_state, enqueue, enqueue_audit
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from diet_client.models import WebhookEvent
 from service.registry.db import Database
 from service.registry.tables import Stream, Webhook, WebhookDelivery, utcnow
-from worker.queue import enqueue_delivery
+from service.queue import enqueue_delivery
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real ML-100K data (read from ../shared, never copied) and small generated streams."""
+"""Shared fixtures: the real ML-100K and ML-1M data (read from ../shared, never copied) and small generated streams."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from engine_support import write_generated_stream
 from diet_engine.data.schema import StreamSchema
 
 ML100K_RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+ML1M_RAW = ML100K_RAW.parent / "ml-1m"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,3 +34,14 @@ def ml100k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ml100k-engine")
     convert_ml100k(ML100K_RAW, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ML-1M converted once per session, through the bench's raw-folder path (`prepare_data`)."""
+    if not ML1M_RAW.is_dir():
+        pytest.fail(f"MovieLens-1M is expected at {ML1M_RAW} (the project's shared data folder)")
+    from diet_engine.evaluate.bench import prepare_data
+
+    _, converted = prepare_data(ML1M_RAW, tmp_path_factory.mktemp("ml1m-engine"))
+    return converted

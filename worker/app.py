@@ -11,10 +11,10 @@ from celery.signals import setup_logging, worker_init
 
 from service import logs
 from service.settings import get_settings
-from worker.queue import make_celery, prepare_broker
+from service.queue import make_celery, prepare_broker
 from worker.scratch import sweep_abandoned
 
-app = make_celery(get_settings())
+app = make_celery(get_settings(), include=["worker.tasks", "worker.audit", "worker.webhooks"])
 
 
 @setup_logging.connect

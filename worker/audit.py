@@ -23,7 +23,7 @@ from service.manifest import MANIFEST
 from service.registry import audits
 from service.registry.tables import Audit, Block, DatasetVersion, JobStatus
 from worker.app import app
-from worker.queue import AUDIT_TASK
+from service.queue import AUDIT_TASK
 from worker.scratch import scratch_folder
 from worker.tasks import Runtime, runtime
 

@@ -43,7 +43,7 @@ from service.settings import Settings, get_settings
 from service.storage import Blob, Storage
 from worker.app import app
 from worker.progress import JobAborted, JobReporter
-from worker.queue import DISTILL_TASK, enqueue, enqueue_audit
+from service.queue import DISTILL_TASK, enqueue, enqueue_audit
 from worker.scratch import scratch_folder
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from service.registry.db import Database
 from service.registry.tables import WebhookDelivery, utcnow
 from service.settings import Settings
 from worker.app import app
-from worker.queue import WEBHOOK_TASK, enqueue_delivery
+from service.queue import WEBHOOK_TASK, enqueue_delivery
 from worker.tasks import runtime
 
 log = logging.getLogger(__name__)

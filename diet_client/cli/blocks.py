@@ -8,90 +8,72 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diet_client.cli.common import (
-    DEFAULT_URL,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
-    emit_json,
-    human_bytes,
-    show_progress,
-    stdout,
-)
+from diet_client.cli.common import LimitOption, OffsetOption, Service, human_bytes, service_command, show_progress, stdout
 from diet_client.cli.progress import transfer_bars
-from diet_client.models import Block
+from diet_client.models import Block, Page, Upload
 
 app = typer.Typer(help="Blocks: one Parquet file of a stream's logs per stage.", no_args_is_help=True)
 
 
 @app.command("push")
+@service_command
 def push(
     stream: Annotated[str, typer.Argument(help="the stream the blocks belong to")],
     files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Parquet files, oldest first")],
     stage: Annotated[int | None, typer.Option(min=1, help="the stage of a single file [default: the next one]")] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    *,
+    service: Service,
 ) -> None:
     """Upload blocks in the order given: each becomes the stream's next stage. The same bytes again are a no-op."""
     if stage is not None and len(files) > 1:
         raise typer.BadParameter("--stage names the stage of one file; push several files without it", param_hint="--stage")
     uploads = []
-    with connect(url, token, as_json) as diet, transfer_bars(show_progress(as_json)) as progress:
+    with service.connect() as diet, transfer_bars(show_progress(service.as_json)) as progress:
         for path in files:
             uploads.append(
                 diet.upload_block(stream, path, stage=stage,
                                   on_progress=lambda done, total, n=path.name: progress(n, done, total))  # fmt: skip
             )
-    if as_json:
-        emit_json(uploads)
-        return
-    out = stdout()
-    for path, upload in zip(files, uploads, strict=True):
-        b = upload.block
-        state = "uploaded" if upload.created else "already there"
-        out.print(f"{path.name}: block {b.id}, stage {b.stage}, {b.rows} rows, {human_bytes(b.bytes)}, "
-                  f"sha256 {b.sha256[:12]}… ({state})")  # fmt: skip
+
+    def render(uploads: list[Upload]) -> None:
+        out = stdout()
+        for path, upload in zip(files, uploads, strict=True):
+            b = upload.block
+            state = "uploaded" if upload.created else "already there"
+            out.print(f"{path.name}: block {b.id}, stage {b.stage}, {b.rows} rows, {human_bytes(b.bytes)}, "
+                      f"sha256 {b.sha256[:12]}… ({state})")  # fmt: skip
+
+    service.print(uploads, render)
 
 
 @app.command("ls")
+@service_command
 def list_blocks(
     stream: Annotated[str | None, typer.Option(help="only this stream's blocks")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    limit: LimitOption = 50,
+    offset: OffsetOption = 0,
+    *,
+    service: Service,
 ) -> None:
     """List blocks, by stream and stage."""
-    with connect(url, token, as_json) as diet:
-        page = diet.blocks(stream, limit=limit, offset=offset)
-    if as_json:
-        emit_json(page)
-        return
-    table = Table("id", "stream", "stage", "rows", "size", "from", "to", "label rates", "sha256",
-                  caption=f"{len(page.items)} of {page.total}")  # fmt: skip
-    for b in page.items:
-        table.add_row(*_row(b))
-    stdout().print(table)
+    service.fetch(lambda diet: diet.blocks(stream, limit=limit, offset=offset), _print_page)
 
 
 @app.command("show")
-def show(
-    block_id: Annotated[int, typer.Argument(help="the block's id")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@service_command
+def show(block_id: Annotated[int, typer.Argument(help="the block's id")], *, service: Service) -> None:
     """One block."""
-    with connect(url, token, as_json) as diet:
-        block = diet.block(block_id)
-    if as_json:
-        emit_json(block)
-        return
-    table = Table("id", "stream", "stage", "rows", "size", "from", "to", "label rates", "sha256")
-    table.add_row(*_row(block))
+    service.fetch(lambda diet: diet.block(block_id), lambda block: _print_table([block]))
+
+
+def _print_page(page: Page[Block]) -> None:
+    _print_table(page.items, caption=f"{len(page.items)} of {page.total}")
+
+
+def _print_table(blocks: list[Block], caption: str | None = None) -> None:
+    table = Table("id", "stream", "stage", "rows", "size", "from", "to", "label rates", "sha256", caption=caption)
+    for b in blocks:
+        table.add_row(*_row(b))
     stdout().print(table)
 
 

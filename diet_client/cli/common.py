@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
+import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -46,6 +50,10 @@ TokenOption = Annotated[
     typer.Option("--token", envvar="DIET_TOKEN", help="API token", show_default=False, rich_help_panel="Service"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the answer as JSON on stdout, for scripts")]
+LimitOption = Annotated[int, typer.Option(min=1, max=500)]
+OffsetOption = Annotated[int, typer.Option(min=0)]
+
+Answer = TypeVar("Answer")
 
 
 def stdout() -> Console:
@@ -132,3 +140,58 @@ def parse_json_or_file(value: str | None, option: str) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         raise typer.BadParameter("must be a JSON object", param_hint=option)
     return parsed
+
+
+@dataclass(frozen=True)
+class Service:
+    """Where a command's service is and how its answer is printed: what --url, --token and --json said."""
+
+    url: str
+    token: str | None
+    as_json: bool
+
+    def connect(self) -> contextlib.AbstractContextManager[DietClient]:
+        return connect(self.url, self.token, self.as_json)
+
+    def print(self, answer: Answer, render: Callable[[Answer], None]) -> None:
+        """The answer as JSON with --json, else as `render` shows it to a person."""
+        if self.as_json:
+            emit_json(answer)  # type: ignore[arg-type]
+        else:
+            render(answer)
+
+    def fetch(self, call: Callable[[DietClient], Answer], render: Callable[[Answer], None]) -> None:
+        """Fetch-then-print: ask the service (its errors become exit codes), then print the answer."""
+        with self.connect() as diet:
+            answer = call(diet)
+        self.print(answer, render)
+
+
+_CONNECTION = [
+    inspect.Parameter("url", inspect.Parameter.KEYWORD_ONLY, default=DEFAULT_URL, annotation=UrlOption),
+    inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=TokenOption),
+]
+_AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=JsonOption)
+
+
+def service_command(command: Callable[..., None] | None = None, *, token: bool = True) -> Any:
+    """Give a command the --url, --token (unless token=False) and --json options, and pass them as `service`.
+
+    The command declares only its own arguments and a keyword `service: Service`; typer sees the
+    options added to its signature, so every command's help lists them the same way, last.
+    """
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "service"]
+        added = [*(_CONNECTION if token else _CONNECTION[:1]), _AS_JSON]
+
+        @functools.wraps(command)
+        def run(*args: Any, url: str, token: str | None = None, as_json: bool, **kwargs: Any) -> None:
+            command(*args, service=Service(url, token, as_json), **kwargs)
+
+        run.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+        del run.__wrapped__  # typer must read the signature above, not the command's own
+        return run
+
+    return wrap(command) if command is not None else wrap

@@ -11,17 +11,16 @@ import typer
 from rich.table import Table
 
 from diet_client.cli.common import (
-    DEFAULT_URL,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
-    emit_json,
+    LimitOption,
+    OffsetOption,
+    Service,
     human_bytes,
+    service_command,
     show_progress,
     stdout,
 )
 from diet_client.cli.progress import transfer_bars
+from diet_client.models import Manifest, Page, PulledDataset
 
 app = typer.Typer(help="Distilled dataset versions: STREAM@vN or STREAM@latest.", no_args_is_help=True)
 
@@ -29,20 +28,68 @@ VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN or STREAM@latest
 
 
 @app.command("ls")
+@service_command
 def list_versions(
     stream: Annotated[str | None, typer.Option(help="only this stream's versions")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    limit: LimitOption = 50,
+    offset: OffsetOption = 0,
+    *,
+    service: Service,
 ) -> None:
     """List versions, newest first."""
-    with connect(url, token, as_json) as diet:
-        page = diet.datasets(stream, limit=limit, offset=offset)
-    if as_json:
-        emit_json(page)
+    service.fetch(lambda diet: diet.datasets(stream, limit=limit, offset=offset), _print_page)
+
+
+@app.command("show")
+@service_command
+def show(version: VersionArgument, *, service: Service) -> None:
+    """A version's manifest: stage, parent, blocks, sizes, config, metrics and files."""
+    service.fetch(lambda diet: diet.dataset(version), _print_manifest)
+
+
+@app.command("pull")
+@service_command
+def pull(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(file_okay=False, help="folder to put the files in [default: ./STREAM-vN]")
+    ] = None,
+    *,
+    service: Service,
+) -> None:
+    """Download a version's files (resuming interrupted downloads) and check each against its sha256."""
+    with service.connect() as diet:
+        manifest = diet.dataset(version)
+        folder = to or Path(manifest.version.replace("@", "-"))
+        with transfer_bars(show_progress(service.as_json)) as progress:
+            pulled = diet.pull(manifest.version, folder, on_progress=progress)
+    service.print(pulled, _print_pulled)
+
+
+@app.command("report")
+@service_command
+def report(
+    version: VersionArgument,
+    to: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="HTML file to write [default: ./STREAM-vN.html]; - for stdout")
+    ] = None,
+    *,
+    service: Service,
+) -> None:
+    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
+    with service.connect() as diet:
+        label = diet.dataset(version).version
+        html = diet.report(label)
+    if to is not None and str(to) == "-":
+        typer.echo(html)
         return
+    path = to or Path(label.replace("@", "-") + ".html")
+    path.write_text(html, encoding="utf-8")
+    written = {"version": label, "path": str(path), "bytes": len(html.encode())}
+    service.print(written, lambda _: stdout().print(f"{label} report -> {path}"))
+
+
+def _print_page(page: Page[Manifest]) -> None:
     table = Table("version", "stage", "parent", "rows", "new", "kept", "history", "ratio", "created",
                   caption=f"{len(page.items)} of {page.total}")  # fmt: skip
     for m in page.items:
@@ -51,15 +98,7 @@ def list_versions(
     stdout().print(table)
 
 
-@app.command("show")
-def show(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None,
-         as_json: JsonOption = False) -> None:  # fmt: skip
-    """A version's manifest: stage, parent, blocks, sizes, config, metrics and files."""
-    with connect(url, token, as_json) as diet:
-        m = diet.dataset(version)
-    if as_json:
-        emit_json(m)
-        return
+def _print_manifest(m: Manifest) -> None:
     out = stdout()
     out.print(f"{m.version}: stage {m.stage}, parent {m.parent or '-'}, job {m.job}, created {m.created_at:%Y-%m-%d %H:%M}")
     out.print(f"  {m.rows} rows ({m.new_rows} new, {m.kept_rows} kept) for {m.history_rows} historical rows: {m.ratio:.2%}")
@@ -70,25 +109,7 @@ def show(version: VersionArgument, url: UrlOption = DEFAULT_URL, token: TokenOpt
     out.print(files)
 
 
-@app.command("pull")
-def pull(
-    version: VersionArgument,
-    to: Annotated[
-        Path | None, typer.Option(file_okay=False, help="folder to put the files in [default: ./STREAM-vN]")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Download a version's files (resuming interrupted downloads) and check each against its sha256."""
-    with connect(url, token, as_json) as diet:
-        manifest = diet.dataset(version)
-        folder = to or Path(manifest.version.replace("@", "-"))
-        with transfer_bars(show_progress(as_json)) as progress:
-            pulled = diet.pull(manifest.version, folder, on_progress=progress)
-    if as_json:
-        emit_json(pulled)
-        return
+def _print_pulled(pulled: PulledDataset) -> None:
     out = stdout()
     for f in pulled.files:
         if f.resumed_from == f.bytes:
@@ -99,47 +120,24 @@ def pull(
     out.print(f"{pulled.version} -> {pulled.directory}  (load it: diet_engine.load_dataset({str(pulled.directory)!r}))")
 
 
-@app.command("report")
-def report(
-    version: VersionArgument,
-    to: Annotated[
-        Path | None, typer.Option(dir_okay=False, help="HTML file to write [default: ./STREAM-vN.html]; - for stdout")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
-    with connect(url, token, as_json) as diet:
-        label = diet.dataset(version).version
-        html = diet.report(label)
-    if to is not None and str(to) == "-":
-        typer.echo(html)
-        return
-    path = to or Path(label.replace("@", "-") + ".html")
-    path.write_text(html, encoding="utf-8")
-    if as_json:
-        emit_json({"version": label, "path": str(path), "bytes": len(html.encode())})
-    else:
-        stdout().print(f"{label} report -> {path}")
-
-
 class ExportFormat(str, enum.Enum):
     hf = "hf"
     parquet = "parquet"
 
 
 @app.command("export")
+@service_command
 def export(
     version: VersionArgument,
     to: Annotated[Path, typer.Option(file_okay=False, help="folder to write the export to")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="hf: a Hugging Face datasets folder; parquet: one flat file")] = ExportFormat.hf,
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="hf: a Hugging Face datasets folder; parquet: one flat file")
+    ] = ExportFormat.hf,
     cache: Annotated[
         Path | None, typer.Option(file_okay=False, help="keep the pulled version here [default: a temporary folder]")
     ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    *,
+    service: Service,
 ) -> None:
     """Pull a version (verified) and write it for other tools: `hf` loads with
     `datasets.load_dataset("parquet", data_dir=TO)`; `parquet` is one file, one column per field embedding."""
@@ -147,19 +145,21 @@ def export(
         from diet_engine.dataset.export import export_version
     except ImportError as exc:
         raise typer.BadParameter(f"exports need the DIET engine installed ({exc})", param_hint="--format") from exc
-    with tempfile.TemporaryDirectory(prefix="diet-export-") as scratch, connect(url, token, as_json) as diet:
+    with tempfile.TemporaryDirectory(prefix="diet-export-") as scratch, service.connect() as diet:
         manifest = diet.dataset(version)
         licence = diet.stream(manifest.stream).licence
         folder = cache or Path(scratch)
-        with transfer_bars(show_progress(as_json)) as progress:
+        with transfer_bars(show_progress(service.as_json)) as progress:
             diet.pull(manifest.version, folder, on_progress=progress)
         done = export_version(folder, to, fmt.value, licence=licence)
-    if as_json:
-        emit_json({"version": done.version, "format": done.format, "rows": done.rows,
-                   "files": [{"path": str(f.path), "bytes": f.bytes, "sha256": f.sha256} for f in done.files]})  # fmt: skip
-        return
-    out = stdout()
-    for f in done.files:
-        out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}…")
-    hint = f'datasets.load_dataset("parquet", data_dir={str(to)!r})' if fmt is ExportFormat.hf else "pyarrow.parquet"
-    out.print(f"{done.version} ({done.rows} rows) -> {to}  (load it: {hint})")
+    written = {"version": done.version, "format": done.format, "rows": done.rows,
+               "files": [{"path": str(f.path), "bytes": f.bytes, "sha256": f.sha256} for f in done.files]}  # fmt: skip
+
+    def show(_: object) -> None:
+        out = stdout()
+        for f in done.files:
+            out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}…")
+        hint = f'datasets.load_dataset("parquet", data_dir={str(to)!r})' if fmt is ExportFormat.hf else "pyarrow.parquet"
+        out.print(f"{done.version} ({done.rows} rows) -> {to}  (load it: {hint})")
+
+    service.print(written, show)

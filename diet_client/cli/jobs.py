@@ -9,25 +9,25 @@ import typer
 from rich.table import Table
 
 from diet_client.cli.common import (
-    DEFAULT_URL,
     ExitCode,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
+    LimitOption,
+    OffsetOption,
+    Service,
     emit_json,
     fail,
+    service_command,
     show_progress,
     stdout,
 )
 from diet_client.cli.progress import JobView, describe
 from diet_client.client import DietClient
 from diet_client.errors import WaitTimeout
-from diet_client.models import Job, JobStatus
+from diet_client.models import Job, JobStatus, Page
 
 app = typer.Typer(help="Distillation jobs: list, follow, cancel.", no_args_is_help=True)
 
 WaitOption = Annotated[bool, typer.Option("--wait", help="follow the job until it ends; exit 4 unless it succeeded")]
+JobArgument = Annotated[int, typer.Argument(help="the job's id")]
 TimeoutOption = Annotated[
     float | None, typer.Option(min=0, help="with waiting: give up after this many seconds (exit 4)", show_default=False)
 ]
@@ -47,6 +47,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+@service_command
 def distill(
     stream: Annotated[str, typer.Argument(help="the stream")],
     stage: Annotated[int, typer.Option(min=1, help="the stage (block) to distill")],
@@ -55,9 +56,8 @@ def distill(
     ] = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    *,
+    service: Service,
 ) -> None:
     """Distill one stage of a stream: update the reference model on its block and evolve the distilled dataset.
 
@@ -65,86 +65,48 @@ def distill(
     queued or running. Asking again while the job is queued or running returns that job.
     """
     overrides = parse_overrides(set_ or [])
-    with connect(url, token, as_json) as diet:
+    with service.connect() as diet:
         job = diet.distill(stream, stage, overrides)
-        if not wait:
-            if as_json:
-                emit_json(job)
-            else:
-                after = f", after job {job.waits_for}" if job.waits_for else ""
-                stdout().print(f"job {job.id}: stage {job.stage} of {job.stream} {job.status}{after}")
+        if wait:
+            _follow(diet, job.id, timeout, service.as_json)
             return
-        _follow(diet, job.id, timeout, as_json)
+    service.print(job, _print_queued)
 
 
 @app.command("ls")
+@service_command
 def list_jobs(
     stream: Annotated[str | None, typer.Option(help="only this stream's jobs")] = None,
     status: Annotated[JobStatus | None, typer.Option(help="only jobs in this state")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    limit: LimitOption = 50,
+    offset: OffsetOption = 0,
+    *,
+    service: Service,
 ) -> None:
     """List jobs, newest first."""
-    with connect(url, token, as_json) as diet:
-        page = diet.jobs(stream, status, limit=limit, offset=offset)
-    if as_json:
-        emit_json(page)
-        return
-    table = Table("id", "stream", "stage", "status", "progress", "dataset", "attempts", "created",
-                  caption=f"{len(page.items)} of {page.total}")  # fmt: skip
-    for j in page.items:
-        progress = f"{j.progress.phase} {j.progress.step}/{j.progress.total}" if j.progress else ""
-        table.add_row(str(j.id), j.stream, str(j.stage), str(j.status), progress, j.dataset or "",
-                      str(j.attempts), f"{j.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    stdout().print(table)
+    service.fetch(lambda diet: diet.jobs(stream, status, limit=limit, offset=offset), _print_page)
 
 
 @app.command("show")
-def show(
-    job_id: Annotated[int, typer.Argument(help="the job's id")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@service_command
+def show(job_id: JobArgument, *, service: Service) -> None:
     """One job: status, progress, error, the dataset it made."""
-    with connect(url, token, as_json) as diet:
-        job = diet.job(job_id)
-    if as_json:
-        emit_json(job)
-    else:
-        _print_job(job)
+    service.fetch(lambda diet: diet.job(job_id), _print_job)
 
 
 @app.command("wait")
-def wait_job(
-    job_id: Annotated[int, typer.Argument(help="the job's id")],
-    timeout: TimeoutOption = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@service_command
+def wait_job(job_id: JobArgument, timeout: TimeoutOption = None, *, service: Service) -> None:
     """Follow a job until it ends; exit 0 if it succeeded, 4 if it failed, was cancelled or outlived --timeout."""
-    with connect(url, token, as_json) as diet:
-        _follow(diet, job_id, timeout, as_json)
+    with service.connect() as diet:
+        _follow(diet, job_id, timeout, service.as_json)
 
 
 @app.command("cancel")
-def cancel(
-    job_id: Annotated[int, typer.Argument(help="the job's id")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
+@service_command
+def cancel(job_id: JobArgument, *, service: Service) -> None:
     """Cancel a queued or running job (a running one stops at its next progress report)."""
-    with connect(url, token, as_json) as diet:
-        job = diet.cancel(job_id)
-    if as_json:
-        emit_json(job)
-    else:
-        stdout().print(f"job {job.id}: {job.status}")
+    service.fetch(lambda diet: diet.cancel(job_id), lambda job: stdout().print(f"job {job.id}: {job.status}"))
 
 
 def _follow(diet: DietClient, job_id: int, timeout: float | None, as_json: bool) -> None:
@@ -162,6 +124,21 @@ def _follow(diet: DietClient, job_id: int, timeout: float | None, as_json: bool)
         _print_job(job)
     if job.status != JobStatus.succeeded:
         raise fail(f"job {job.id} did not succeed: {job.status}", ExitCode.JOB_UNSUCCESSFUL, as_json)
+
+
+def _print_queued(job: Job) -> None:
+    after = f", after job {job.waits_for}" if job.waits_for else ""
+    stdout().print(f"job {job.id}: stage {job.stage} of {job.stream} {job.status}{after}")
+
+
+def _print_page(page: Page[Job]) -> None:
+    table = Table("id", "stream", "stage", "status", "progress", "dataset", "attempts", "created",
+                  caption=f"{len(page.items)} of {page.total}")  # fmt: skip
+    for j in page.items:
+        progress = f"{j.progress.phase} {j.progress.step}/{j.progress.total}" if j.progress else ""
+        table.add_row(str(j.id), j.stream, str(j.stage), str(j.status), progress, j.dataset or "",
+                      str(j.attempts), f"{j.created_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    stdout().print(table)
 
 
 def _print_job(job: Job) -> None:

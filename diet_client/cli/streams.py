@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from diet_client.cli.common import (
-    DEFAULT_URL,
-    ExitCode,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
-    emit_json,
-    fail,
-    parse_json_or_file,
-    stdout,
-)
+from diet_client.cli.common import ExitCode, Service, emit_json, fail, parse_json_or_file, service_command, stdout
 from diet_client.errors import ApiError
-from diet_client.models import Stream
+from diet_client.models import Readiness, Stream
 
 app = typer.Typer(help="Log streams: a schema, a reference model and distillation defaults.", no_args_is_help=True)
 
@@ -39,6 +29,7 @@ def read_definition(path: Path) -> dict[str, Any]:
 
 
 @app.command("create")
+@service_command
 def create(
     file: Annotated[
         Path,
@@ -48,9 +39,8 @@ def create(
     name: Annotated[str | None, typer.Option(help="stream name [default: the file's name, else the schema's]")] = None,
     reference: Annotated[str | None, typer.Option(help="reference model config: inline JSON or a JSON file")] = None,
     distill: Annotated[str | None, typer.Option(help="distillation defaults: inline JSON or a JSON file")] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    *,
+    service: Service,
 ) -> None:
     """Create a stream (the same definition again is fine; another one under the same name is refused)."""
     definition = read_definition(file)
@@ -58,26 +48,31 @@ def create(
     stream_name = name or definition.get("name") or (schema.get("name") if isinstance(schema, dict) else None)
     if not stream_name:
         raise typer.BadParameter("the file names no stream: pass --name", param_hint="--name")
-    with connect(url, token, as_json) as diet:
-        stream = diet.create_stream(
+    service.fetch(
+        lambda diet: diet.create_stream(
             stream_name, schema,
             reference=parse_json_or_file(reference, "--reference") or definition.get("reference"),
             distill=parse_json_or_file(distill, "--distill") or definition.get("distill"),
-        )  # fmt: skip
-    if as_json:
-        emit_json(stream)
-    else:
-        stdout().print(f"stream {stream.name} (id {stream.id}): {_summary(stream)}")
+        ),
+        lambda stream: stdout().print(f"stream {stream.name} (id {stream.id}): {_summary(stream)}"),
+    )  # fmt: skip
 
 
 @app.command("ls")
-def list_streams(url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False) -> None:
+@service_command
+def list_streams(*, service: Service) -> None:
     """List the streams."""
-    with connect(url, token, as_json) as diet:
-        streams = diet.streams()
-    if as_json:
-        emit_json(streams)
-        return
+    service.fetch(lambda diet: diet.streams(), _print_streams)
+
+
+@app.command("show")
+@service_command
+def show(name: Annotated[str, typer.Argument(help="the stream's name")], *, service: Service) -> None:
+    """A stream's whole definition."""
+    service.fetch(lambda diet: diet.stream(name), _print_stream)
+
+
+def _print_streams(streams: list[Stream]) -> None:
     table = Table("name", "id", "fields", "tasks", "reference", "ratio", "created")
     for s in streams:
         table.add_row(s.name, str(s.id), str(len(s.stream_schema.get("fields", []))),
@@ -86,19 +81,7 @@ def list_streams(url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_jso
     stdout().print(table)
 
 
-@app.command("show")
-def show(
-    name: Annotated[str, typer.Argument(help="the stream's name")],
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """A stream's whole definition."""
-    with connect(url, token, as_json) as diet:
-        stream = diet.stream(name)
-    if as_json:
-        emit_json(stream)
-        return
+def _print_stream(stream: Stream) -> None:
     out = stdout()
     out.print(f"stream {stream.name} (id {stream.id}), created {stream.created_at:%Y-%m-%d %H:%M}: {_summary(stream)}")
     out.print_json(json.dumps({"schema": stream.stream_schema, "reference": stream.reference, "distill": stream.distill}))
@@ -112,20 +95,22 @@ def _summary(stream: Stream) -> str:
     )
 
 
-def status(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+@service_command(token=False)
+def status(*, service: Service) -> None:
     """Whether the service is ready: its database, job queue and storage (no token needed)."""
-    with connect(url, None, as_json) as diet:
+    with service.connect() as diet:
         try:
             ready = diet.ready()
         except ApiError as exc:
             if exc.status != 503:
                 raise
-            if as_json:
+            if service.as_json:
                 emit_json(exc.problem)
             checks = exc.problem.get("checks", {})
             lines = "; ".join(f"{k}: {v}" for k, v in checks.items()) or exc.detail
-            raise fail(f"not ready at {url}: {lines}", ExitCode.UNAVAILABLE, as_json, exc.problem) from exc
-    if as_json:
-        emit_json(ready)
-        return
-    stdout().print(f"{url}: {ready.status} (" + ", ".join(f"{k} {v}" for k, v in ready.checks.items()) + ")")
+            raise fail(f"not ready at {service.url}: {lines}", ExitCode.UNAVAILABLE, service.as_json, exc.problem) from exc
+    service.print(ready, _print_ready(service.url))
+
+
+def _print_ready(url: str) -> Callable[[Readiness], None]:
+    return lambda ready: stdout().print(f"{url}: {ready.status} (" + ", ".join(f"{k} {v}" for k, v in ready.checks.items()) + ")")

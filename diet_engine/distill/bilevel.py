@@ -36,6 +36,7 @@ from diet_engine.config import DistillConfig
 from diet_engine.distill.influence import Influence, Params
 from diet_engine.distill.meta_graph import MetaGradientGraphs
 from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.distill.proxy import ProxyPool
 from diet_engine.distill.unroll import draw_pick, draw_unroll, meta_gradient
 from diet_engine.train.loops import bce
 
@@ -124,19 +125,24 @@ def optimise_memory(
     # the module's own parameters are never differentiated or changed
     start = {k: v.detach() for k, v in dense_prev.named_parameters()}
     influence = Influence(dense_prev, cfg.influence_params, cfg.score_batch)
-    graphs = MetaGradientGraphs(dense_prev, start, syn, pool_emb, pool_labels, cfg) if MetaGradientGraphs.wanted(cfg, pool_emb) else None
+    pooled = cfg.proxy_init == "pool"
+    # the graphs replay one fixed start (θ_{t-1}); pooled proxies change theirs every iteration
+    wanted = MetaGradientGraphs.wanted(cfg, pool_emb) and not pooled
+    graphs = MetaGradientGraphs(dense_prev, start, syn, pool_emb, pool_labels, cfg) if wanted else None
     gen = torch.Generator().manual_seed(cfg.seed)
     emb_opt = RowAdam(syn.emb, cfg.lr_embedding)
     logit_opt = RowAdam(syn.logits, cfg.lr_logits)
+    proxies = ProxyPool(syn, dense_prev, cfg, gen) if pooled else None
+    states: tuple = (emb_opt, logit_opt) if proxies is None else (emb_opt, logit_opt, _PoolState(proxies))
     log = OptimiseLog()
     field_cap = pool_emb.norm(dim=-1).amax(0)  # [F]
     plan = None
     first = 0
     if checkpoint is not None:
-        first, plan = checkpoint.resume_loop(syn, (emb_opt, logit_opt), gen, log)
+        first, plan = checkpoint.resume_loop(syn, states, gen, log)
     for it in range(first, cfg.outer_iters):
         if checkpoint is not None:
-            checkpoint.reached(it, syn, (emb_opt, logit_opt), gen, log, plan)
+            checkpoint.reached(it, syn, states, gen, log, plan)
         if plan is None or it % cfg.address_every == 0:
             def round_() -> Addressing:
                 return address(
@@ -148,6 +154,9 @@ def optimise_memory(
             with torch.no_grad():
                 h_loss = bce(functional_call(dense_prev, start, (pool_emb[plan.hard],)), pool_labels[plan.hard])
             log.hard_loss_start.append(float(h_loss))
+        if proxies is not None and it == first and first == 0:
+            proxies.stagger(syn, plan.active)
+        slot = proxies.pick() if proxies is not None else None
         unroll = draw_unroll(plan.active, cfg, gen, syn.emb.device)
         pick = draw_pick(plan.hard, cfg, gen)
         graphed = graphs.get(len(unroll.touched), len(pick)) if graphs else None
@@ -155,7 +164,8 @@ def optimise_memory(
             outer, g_emb, g_logit = graphed(unroll, pick)
             log.cuda_graph = True
         else:
-            outer, g_emb, g_logit = meta_gradient(dense_prev, start, syn, unroll, pool_emb[pick], pool_labels[pick], cfg)
+            dense, begin = (dense_prev, start) if slot is None else (slot.module, slot.params)
+            outer, g_emb, g_logit = meta_gradient(dense, begin, syn, unroll, pool_emb[pick], pool_labels[pick], cfg)
         finite = torch.isfinite(outer) & torch.isfinite(g_emb).all() & torch.isfinite(g_logit).all()
         if not finite:  # one host sync for the three checks
             log.skipped_steps += 1
@@ -164,9 +174,18 @@ def optimise_memory(
         emb_opt.step(plan.active, unroll.touched, g_emb)
         project_norms(syn.emb, plan.active, field_cap)
         logit_opt.step(plan.active, unroll.touched, g_logit)
+        if slot is not None:  # the proxy used trains on, on the updated set
+            proxies.advance(slot, syn, plan.active)
         log.outer_loss.append(outer.item())
         if on_iter:
             on_iter(it, log.outer_loss[-1])
     log.active_rows = len(plan.active) if plan else 0
     log.hard_rows = len(plan.hard) if plan else 0
     return syn, log
+
+
+class _PoolState:
+    """The proxy pool seen as one more optimiser by the stage checkpoint: its tensors by name, restored in place."""
+
+    def __init__(self, pool: ProxyPool) -> None:
+        vars(self).update(pool.state_tensors())

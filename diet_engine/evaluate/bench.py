@@ -23,7 +23,8 @@ from pydantic import BaseModel, Field
 
 from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
-from diet_engine.data.convert.ml_100k import convert_ml100k, is_ml100k_dir
+from diet_engine.data.convert.ml_100k import ML100K_SCHEMA, convert_ml100k, is_ml100k_dir
+from diet_engine.data.convert.ml_1m import ML1M_SCHEMA, convert_ml1m, is_ml1m_dir
 from diet_engine.data.convert.splits import load_split_dir
 from diet_engine.data.blocks import Block, TensorBlock
 from diet_engine.distill.stage import distill_in_memory
@@ -34,7 +35,7 @@ from diet_engine.evaluate.report import bench_report, render
 from diet_engine.data.schema import StreamSchema
 from diet_engine.evaluate.selection import SELECTION_METHODS, selected_rows
 from diet_engine.data.synthetic import SyntheticSet
-from diet_engine.train.loops import evaluate
+from diet_engine.train.loops import copy_to, evaluate
 
 DATA_METHODS = ("full", "cold", "warmup")
 # the paper's Table 4: DIET with memory fusion (MF), target selection (TS) or memory selection (MS) off,
@@ -65,18 +66,25 @@ class BenchConfig(BaseModel):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     candidate: CandidateConfig = Field(default_factory=CandidateConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    # where every phase runs (reference, selection, distillation, candidates): "cpu", "cuda", "cuda:1" ...
+    device: str = "cpu"
 
 
 class Splits:
     """A converted stream in memory: historical blocks, subsequent, valid, test."""
 
-    def __init__(self, schema: StreamSchema, root: Path) -> None:
+    def __init__(self, schema: StreamSchema, root: Path, device: str = "cpu") -> None:
         layout = schema.splits
         self.schema = schema
-        self.history = [TensorBlock.load(root / f"{n}.parquet", schema) for n in layout.history]
-        self.subsequent = TensorBlock.load(root / f"{layout.subsequent}.parquet", schema)
-        self.valid = TensorBlock.load(root / f"{layout.valid}.parquet", schema)
-        self.test = TensorBlock.load(root / f"{layout.test}.parquet", schema)
+
+        # every split moves to the device once: batches are then gathered there, with no copy per step
+        def load(name: str) -> TensorBlock:
+            return TensorBlock.load(root / f"{name}.parquet", schema).to(device)
+
+        self.history = [load(n) for n in layout.history]
+        self.subsequent = load(layout.subsequent)
+        self.valid = load(layout.valid)
+        self.test = load(layout.test)
 
     @property
     def history_rows(self) -> int:
@@ -84,15 +92,17 @@ class Splits:
 
 
 def prepare_data(data: Path, out: Path) -> tuple[StreamSchema, Path]:
-    """A converted directory as it is; the raw ML-100K folder converted once under `out`."""
+    """A converted directory as it is; a raw ML-100K or ML-1M folder converted once under `out`."""
     if (data / "schema.json").is_file():
         return load_split_dir(data), data
-    if is_ml100k_dir(data):
-        converted = out / "data"
-        if not (converted / "schema.json").is_file():
-            convert_ml100k(data, converted)
-        return load_split_dir(converted), converted
-    raise ValueError(f"{data} holds neither schema.json (a converted stream) nor raw MovieLens-100K files")
+    for is_raw, convert, schema in ((is_ml100k_dir, convert_ml100k, ML100K_SCHEMA), (is_ml1m_dir, convert_ml1m, ML1M_SCHEMA)):
+        if is_raw(data):
+            converted = out / "data"
+            # reused only if it is this data set's conversion (an earlier bench may have left the other one)
+            if not (converted / "schema.json").is_file() or load_split_dir(converted) != schema:
+                convert(data, converted)
+            return load_split_dir(converted), converted
+    raise ValueError(f"{data} holds neither schema.json (a converted stream) nor raw MovieLens-100K or -1M files")
 
 
 def peak_rss_mb() -> float:
@@ -105,14 +115,14 @@ def embedding_state(model: CTRModel) -> dict[str, torch.Tensor]:
 
 def history_sets(
     methods: list[str], splits: Splits, refs: list[CTRModel], ratio: float, distill: DistillConfig, seed: int,
-    phases: dict,
+    phases: dict, device: str = "cpu",
 ) -> dict[str, SyntheticSet]:
     """The history each reduced-data method hands a candidate, built stage by stage."""
     sets: dict[str, SyntheticSet] = {}
     for method in methods:
         if method in SELECTION_METHODS:
             t0 = time.perf_counter()
-            parts = [selected_rows(method, refs[t], block, t, ratio, seed) for t, block in enumerate(splits.history, 1)]
+            parts = [selected_rows(method, refs[t], block, t, ratio, seed, device) for t, block in enumerate(splits.history, 1)]
             sets[method] = SyntheticSet.concat(parts)
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
         elif method in DIET_VARIANTS:
@@ -121,7 +131,7 @@ def history_sets(
             syn, seen, stages = None, 0, []
             for t, block in enumerate(splits.history, 1):
                 seen += len(block)
-                syn, metrics = distill_in_memory(block, t, refs[t - 1], refs[t], syn, seen, cfg)
+                syn, metrics = distill_in_memory(block, t, refs[t - 1], refs[t], syn, seen, cfg, device=device)
                 stages.append(metrics)
             sets[method] = syn
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "stages": stages}
@@ -142,12 +152,12 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
         finetune, history_rows = [splits.subsequent], len(sets[method])
         kwargs.update(embeddings=final_embedding, distilled=sets[method], probe=splits.test)
     return train_cell(model, splits.schema, finetune, splits.valid, splits.test, cfg.candidate,
-                      cfg.candidate_repeats, seed, history_rows, **kwargs)  # fmt: skip
+                      cfg.candidate_repeats, seed, history_rows, device=cfg.device, **kwargs)  # fmt: skip
 
 
 def train_cell(
     model: str, schema: StreamSchema, finetune: list[Block], valid: TensorBlock, test: TensorBlock,
-    candidate: CandidateConfig, repeats: int, seed: int, history_rows: int, **kwargs: Any,
+    candidate: CandidateConfig, repeats: int, seed: int, history_rows: int, device: str = "cpu", **kwargs: Any,
 ) -> dict:
     """One (method, model) cell: `repeats` candidates (seeds seed, seed+1000, …) by the shared protocol, tested.
 
@@ -158,14 +168,15 @@ def train_cell(
     for repeat in range(repeats):
         t0 = time.perf_counter()
         runs.append(train_candidate(model, schema, finetune=finetune, valid=valid, cfg=candidate,
-                                    seed=seed + 1000 * repeat, **kwargs))
+                                    seed=seed + 1000 * repeat, device=device, **kwargs))
         seconds.append(time.perf_counter() - t0)
-        tests.append(evaluate(runs[-1].model, test))
+        tests.append(evaluate(runs[-1].model, test, device))
     return {"auc": statistics.fmean(t.mean_auc for t in tests), "logloss": statistics.fmean(t.mean_logloss for t in tests),
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],
             "auc_tasks": {task: statistics.fmean(t.auc[task] for t in tests) for task in tests[0].auc},
             "best_epoch": [r.best_epoch for r in runs], "best_lr": [r.best_lr for r in runs],
+            "finetune_lr": [r.finetune_lr for r in runs],
             # how well the set alone trains the candidate's dense part (its best validation AUC before the fine-tune)
             "distilled_valid_auc": [max(r.valid_auc) if r.valid_auc else None for r in runs],
             # and its test AUC then: the paper's "distilled data only" figure
@@ -296,7 +307,7 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         raise ValueError(f"unknown methods/models: {unknown}; methods {ALL_METHODS}, models {tuple(MODELS)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     schema, root = prepare_data(cfg.data, cfg.out)
-    splits = Splits(schema, root)
+    splits = Splits(schema, root, cfg.device)
     cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in cfg.models} for m in cfg.methods}
     phases: list[dict] = []
     for s in range(cfg.seeds):
@@ -304,11 +315,11 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         phase: dict = {"seed": seed}
         t0 = time.perf_counter()
         ref_cfg = cfg.reference.model_copy(update={"seed": seed})
-        refs = [new_reference(schema, ref_cfg)]
+        refs = [copy_to(new_reference(schema, ref_cfg), cfg.device)]
         for t, block in enumerate(splits.history, 1):
-            refs.append(continue_reference(refs[-1], block, ref_cfg, t))
+            refs.append(continue_reference(refs[-1], block, ref_cfg, t, cfg.device))
         phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
-        sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase)
+        sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase, cfg.device)
         for method in cfg.methods:
             for model in cfg.models:
                 cells[method][model].append(run_cell(method, model, splits, refs, sets, cfg, seed))

@@ -37,15 +37,17 @@ def select_el2n(rows: SyntheticSet, labels: Tensor, k: int, percentile: float = 
 
 def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
     """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid."""
-    x = rows.emb.reshape(len(rows), -1).numpy().astype(np.float64)
+    x = rows.emb.reshape(len(rows), -1).cpu().numpy().astype(np.float64)
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=4096, max_iter=50).fit(x)
     nearest = pairwise_distances_argmin(km.cluster_centers_, x)
     return torch.from_numpy(np.unique(nearest)).long()
 
 
-def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int) -> SyntheticSet:
-    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint."""
-    rows = embed_rows(reference, block)
+def selected_rows(
+    method: str, reference: CTRModel, block: TensorBlock, stage: int, ratio: float, seed: int, device: str = "cpu"
+) -> SyntheticSet:
+    """The rows `method` keeps from one historical block, embedded by that stage's checkpoint (on `device`)."""
+    rows = embed_rows(reference, block, device, out_device=None)
     k = budget_of(len(block), ratio)
     if method == "random":
         idx = select_random(len(block), k, seed * 7919 + stage)
@@ -55,6 +57,6 @@ def selected_rows(method: str, reference: CTRModel, block: TensorBlock, stage: i
         idx = select_kmeans(rows, k, seed * 7919 + stage)
     else:
         raise ValueError(f"unknown selection method {method!r}; one of {SELECTION_METHODS}")
-    out = rows.take(idx)
+    out = rows.take(idx.to(rows.emb.device))
     out.stage[:] = stage
     return out

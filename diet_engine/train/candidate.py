@@ -4,7 +4,8 @@ With a distilled (or selected) set, the candidate inherits the reference
 embedding tables, trains its dense part on the set's embeddings with soft
 labels for up to `distilled_epochs` epochs at each of a few learning rates,
 keeping the best (rate, epoch) on validation, then fine-tunes the whole model
-for one epoch on each block of `finetune` (the subsequent block). Without a set it is one of the data
+for one epoch on each block of `finetune` (the subsequent block), at each rate of `finetune_lrs`
+when several are given, keeping the one best on validation. Without a set it is one of the data
 baselines: full history, cold start, or warm-up start.
 """
 
@@ -34,6 +35,7 @@ class CandidateRun:
     best_lr: float | None = None
     distilled_epochs_run: int = 0  # over every rate tried
     set_only_auc: float | None = None  # on `probe`, after the distilled phase and before the fine-tune
+    finetune_lr: float | None = None  # the fine-tune's rate (the best on validation when several were tried)
 
 
 def train_candidate(
@@ -65,10 +67,31 @@ def train_candidate(
         _fit_dense_on_distilled(run, distilled, valid, cfg, gen, device)
         if probe is not None:
             run.set_only_auc = _valid_auc(model, probe, device)
-    opt = make_optimizer(model, cfg.train)
-    for block in finetune:
-        train_real_epoch(model, block, opt, cfg.train.batch_size, gen, device)
+    if cfg.finetune_lrs is None or len(cfg.finetune_lrs) == 1:
+        lr = cfg.train.lr if cfg.finetune_lrs is None else cfg.finetune_lrs[0]
+        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
+        run.finetune_lr = lr
+        return run
+    # each rate from the same weights and the same batches; the best on validation is kept
+    start, draws, best = copy.deepcopy(model.state_dict()), gen.get_state(), (-1.0, None, None)
+    for lr in cfg.finetune_lrs:
+        model.load_state_dict(start)
+        gen.set_state(draws)
+        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
+        auc = _valid_auc(model, valid, device)
+        if auc > best[0]:
+            best = (auc, lr, copy.deepcopy(model.state_dict()))
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    run.finetune_lr = best[1]
     return run
+
+
+def _finetune(model: CTRModel, blocks: list[Block], train: TrainConfig, gen: torch.Generator, device: str) -> None:
+    """The whole model, one epoch on each block in order, with a fresh Adam."""
+    opt = make_optimizer(model, train)
+    for block in blocks:
+        train_real_epoch(model, block, opt, train.batch_size, gen, device)
 
 
 def _fit_dense_on_distilled(

@@ -6,7 +6,6 @@ Timestamps are stored and returned as aware UTC datetimes on every backend.
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+from diet_client.models import JobStatus  # the wire's job states are the table's (one definition)
 
 
 def utcnow() -> datetime:
@@ -48,14 +49,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class JobStatus(enum.StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 ACTIVE = (JobStatus.queued.value, JobStatus.running.value)

@@ -18,13 +18,14 @@ from sqlalchemy.orm import Session
 from diet_client.models import Audit, AuditIn, AuditResult, JobStatus, Progress
 from service.auth import require
 from service.deps import CeleryDep, SessionDep
-from service.pages import Id, PageOut, PageParams, page_out, page_params
+from diet_client.models import Page
+from service.pages import Id, PagingDep, page_out
 from service.problems import Problem
 from service.registry import audits
 from service.registry.tables import Audit as AuditRow
 from service.routes.datasets import find_version
 from service.routes.streams import find_stream
-from worker.queue import enqueue_audit
+from service.queue import enqueue_audit
 
 router = APIRouter(tags=["audits"])
 log = logging.getLogger(__name__)
@@ -77,15 +78,15 @@ def create_audit(body: AuditIn, session: SessionDep, celery: CeleryDep, response
     return audit_out(audit)
 
 
-@router.get("/jobs/audit", response_model=PageOut[Audit], dependencies=[Depends(require("read"))])
+@router.get("/jobs/audit", response_model=Page[Audit], dependencies=[Depends(require("read"))])
 def list_audits(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
     version: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[JobStatus | None, Query()] = None,
-) -> PageOut[Audit]:
+) -> Page[Audit]:
     """Audits, newest first."""
     stream_id = find_stream(session, stream).id if stream is not None else None
     version_id = find_version(session, version).id if version is not None else None

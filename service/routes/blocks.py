@@ -2,60 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from diet_client import models as wire
 from service import ingest
+from service.answers import from_row
 from service.auth import require
 from service.deps import DatabaseDep, MetricsDep, SessionDep, SettingsDep, StorageDep
 from service.parquet_guard import DecodeLimits
-from service.pages import MAX_STAGE, Id, PageOut, PageParams, page_out, page_params
+from service.pages import MAX_STAGE, Id, PagingDep, page_out
 from service.problems import Problem
 from service.registry import blocks
 from service.registry.tables import Block, Stream
-from service.routes.streams import find_stream
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["blocks"])
 
 PARQUET_TYPES = {"application/vnd.apache.parquet", "application/octet-stream"}
 
 
-class BlockOut(BaseModel):
-    id: int
-    stream: str
-    stage: int
-    sha256: str
-    rows: int
-    bytes: int
-    time_min: datetime | None
-    time_max: datetime | None
-    label_rates: dict[str, float]
-    created_at: datetime
-
-
-def block_out(block: Block) -> BlockOut:
-    return BlockOut(
-        id=block.id,
-        stream=block.stream.name,
-        stage=block.stage,
-        sha256=block.sha256,
-        rows=block.rows,
-        bytes=block.bytes,
-        time_min=block.time_min,
-        time_max=block.time_max,
-        label_rates=block.label_rates,
-        created_at=block.created_at,
-    )
+def block_out(block: Block) -> wire.Block:
+    return from_row(wire.Block, block, stream=block.stream.name)
 
 
 @router.post(
     "/blocks",
     status_code=201,
-    response_model=BlockOut,
+    response_model=wire.Block,
+    responses={200: {"model": wire.Block, "description": "the same bytes were there already"}},
     dependencies=[Depends(require("ingest"))],
     openapi_extra={
         "requestBody": {
@@ -73,7 +50,7 @@ async def upload_block(
     metrics: MetricsDep,
     stream: Annotated[str, Query(description="the stream this block belongs to")],
     stage: Annotated[int | None, Query(ge=1, le=MAX_STAGE, description="default: the stream's next stage")] = None,
-) -> BlockOut:
+) -> wire.Block:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in PARQUET_TYPES:
         raise Problem(415, f"send the Parquet file as Content-Type: application/vnd.apache.parquet, not {media_type!r}")
@@ -100,20 +77,20 @@ async def upload_block(
     return block_out(block)
 
 
-@router.get("/blocks", response_model=PageOut[BlockOut], dependencies=[Depends(require("read"))])
+@router.get("/blocks", response_model=wire.Page[wire.Block], dependencies=[Depends(require("read"))])
 def list_blocks(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query(description="only this stream's blocks")] = None,
-) -> PageOut[BlockOut]:
-    stream_id = find_stream(session, stream).id if stream is not None else None
+) -> wire.Page[wire.Block]:
+    stream_id = stream_filter(session, stream)
     page = blocks.page(session, stream_id, paging.limit, paging.offset)
     return page_out(page, [block_out(b) for b in page.items], request)
 
 
-@router.get("/blocks/{block_id}", response_model=BlockOut, dependencies=[Depends(require("read"))])
-def get_block(block_id: Id, session: SessionDep) -> BlockOut:
+@router.get("/blocks/{block_id}", response_model=wire.Block, dependencies=[Depends(require("read"))])
+def get_block(block_id: Id, session: SessionDep) -> wire.Block:
     block = blocks.get(session, block_id)
     if block is None:
         raise Problem(404, f"no block with id {block_id}")

@@ -9,15 +9,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from diet_client.models import Manifest, Page
 from service.auth import require
 from service.deps import DatabaseDep, SessionDep, StorageDep
-from service.manifest import MEDIA_TYPES, Manifest, manifest
-from service.pages import MAX_ID, PageOut, PageParams, page_out, page_params
+from service.manifest import MEDIA_TYPES, manifest
+from service.pages import MAX_ID, PagingDep, page_out
 from service.problems import Problem
 from service.ranges import byte_range
 from service.registry import datasets
 from service.registry.tables import DatasetVersion
-from service.routes.streams import find_stream
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["datasets"])
 
@@ -41,15 +42,15 @@ def find_version(session: Session, version: str) -> DatasetVersion:
     return found
 
 
-@router.get("/datasets", response_model=PageOut[Manifest], dependencies=[Depends(require("read"))])
+@router.get("/datasets", response_model=Page[Manifest], dependencies=[Depends(require("read"))])
 def list_datasets(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
-) -> PageOut[Manifest]:
+) -> Page[Manifest]:
     """Versions, newest first."""
-    stream_id = find_stream(session, stream).id if stream is not None else None
+    stream_id = stream_filter(session, stream)
     page = datasets.page(session, stream_id, paging.limit, paging.offset)
     return page_out(page, [manifest(v) for v in page.items], request)
 

@@ -8,22 +8,23 @@ from collections.abc import Callable
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from diet_client.models import Liveness, Readiness
 from service.auth import require
 from service.deps import MetricsDep
 from service.problems import Problem
-from worker.queue import ping_broker
+from service.queue import ping_broker
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Liveness)
+def healthz() -> Liveness:
+    return Liveness(status="ok")
 
 
-@router.get("/readyz")
-def readyz(request: Request) -> dict[str, object]:
+@router.get("/readyz", response_model=Readiness)
+def readyz(request: Request) -> Readiness:
     state = request.app.state
     checks: dict[str, Callable[[], None]] = {
         "database": state.db.ping,
@@ -41,7 +42,7 @@ def readyz(request: Request) -> dict[str, object]:
     failed = [name for name, result in results.items() if result != "ok"]
     if failed:
         raise Problem(503, f"not ready: {', '.join(failed)} unavailable", title="Service Unavailable", checks=results)
-    return {"status": "ready", "checks": results}
+    return Readiness(status="ready", checks=results)
 
 
 @router.get(

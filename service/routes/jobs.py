@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated, Any
 
 from celery import Celery
@@ -13,15 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from diet_client import models as wire
 from diet_engine.config import DistillConfig
+from service.answers import from_row
 from service.auth import require
 from service.deps import CeleryDep, MetricsDep, SessionDep
-from service.pages import MAX_STAGE, Id, PageOut, PageParams, page_out, page_params
+from service.pages import MAX_STAGE, Id, PagingDep, page_out
 from service.problems import Problem
+from service.queue import enqueue
 from service.registry import blocks, datasets, jobs
 from service.registry.tables import Job, JobStatus
-from service.routes.streams import find_stream
-from worker.queue import enqueue
+from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -35,48 +36,14 @@ class DistillRequest(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict, description="DistillConfig fields over the stream's")
 
 
-class Progress(BaseModel):
-    phase: str
-    step: int
-    total: int
-    losses: dict[str, float] = Field(default_factory=dict)
-
-
-class JobOut(BaseModel):
-    id: int
-    stream: str
-    stage: int
-    status: JobStatus
-    overrides: dict[str, Any]
-    config: dict[str, Any]
-    progress: Progress | None
-    error: str | None
-    attempts: int
-    waits_for: int | None = Field(description="the stage t-1 job whose dataset this one needs")
-    dataset: str | None = Field(description="the version it made, once succeeded")
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut(
-        id=job.id,
+def job_out(job: Job) -> wire.Job:
+    return from_row(
+        wire.Job,
+        job,
         stream=job.stream.name,
-        stage=job.stage,
-        status=JobStatus(job.status),
-        overrides=job.overrides,
-        config=job.config,
-        progress=Progress.model_validate(job.progress) if job.progress else None,
-        error=job.error,
-        attempts=job.attempts,
+        progress=job.progress or None,
         waits_for=job.after_job_id,
         dataset=job.dataset.label if job.dataset else None,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
     )
 
 
@@ -129,10 +96,16 @@ def _send(session: Session, celery: Celery, job: Job) -> None:
         ) from exc
 
 
-@router.post("/jobs/distill", status_code=202, response_model=JobOut, dependencies=[Depends(require("distill"))])
+@router.post(
+    "/jobs/distill",
+    status_code=202,
+    response_model=wire.Job,
+    responses={200: {"model": wire.Job, "description": "the stage's queued or running job, asked for again"}},
+    dependencies=[Depends(require("distill"))],
+)
 def create_distill_job(
     body: DistillRequest, session: SessionDep, celery: CeleryDep, metrics: MetricsDep, response: Response
-) -> JobOut:
+) -> wire.Job:
     stream = find_stream(session, body.stream)
     block = blocks.by_stage(session, stream.id, body.stage)
     if block is None:
@@ -171,7 +144,7 @@ def create_distill_job(
     return job_out(job)
 
 
-def _same_request(existing: Job, body: DistillRequest, response: Response) -> JobOut:
+def _same_request(existing: Job, body: DistillRequest, response: Response) -> wire.Job:
     if existing.overrides != body.overrides:
         raise Problem(
             409,
@@ -183,26 +156,26 @@ def _same_request(existing: Job, body: DistillRequest, response: Response) -> Jo
     return job_out(existing)
 
 
-@router.get("/jobs", response_model=PageOut[JobOut], dependencies=[Depends(require("read"))])
+@router.get("/jobs", response_model=wire.Page[wire.Job], dependencies=[Depends(require("read"))])
 def list_jobs(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
-) -> PageOut[JobOut]:
-    stream_id = find_stream(session, stream).id if stream is not None else None
+) -> wire.Page[wire.Job]:
+    stream_id = stream_filter(session, stream)
     page = jobs.page(session, stream_id, status.value if status else None, paging.limit, paging.offset)
     return page_out(page, [job_out(j) for j in page.items], request)
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require("read"))])
-def get_job(job_id: Id, session: SessionDep) -> JobOut:
+@router.get("/jobs/{job_id}", response_model=wire.Job, dependencies=[Depends(require("read"))])
+def get_job(job_id: Id, session: SessionDep) -> wire.Job:
     return job_out(_find_job(session, job_id))
 
 
-@router.delete("/jobs/{job_id}", response_model=JobOut, dependencies=[Depends(require("distill"))])
-def cancel_job(job_id: Id, session: SessionDep) -> JobOut:
+@router.delete("/jobs/{job_id}", response_model=wire.Job, dependencies=[Depends(require("distill"))])
+def cancel_job(job_id: Id, session: SessionDep) -> wire.Job:
     """Cancel a queued or running job (a running one stops at its next progress report)."""
     job = _find_job(session, job_id, lock=True)
     if job.status in (JobStatus.succeeded, JobStatus.failed):

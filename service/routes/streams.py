@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
@@ -11,11 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from diet_client import models as wire
 from diet_client.models import AuditPolicy
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.evaluate.audit import AuditConfig, pool_models
 from diet_engine.models import MODELS
 from diet_engine.data.schema import NAME, StreamSchema
+from service.answers import from_row
 from service.auth import require
 from service.deps import SessionDep
 from service.problems import Problem
@@ -65,28 +66,13 @@ class StreamIn(BaseModel):
         }
 
 
-class StreamOut(BaseModel):
-    id: int
-    name: str
-    stream_schema: dict[str, Any] = Field(serialization_alias="schema")
-    reference: dict[str, Any]
-    distill: dict[str, Any]
-    licence: str | None
-    audit: dict[str, Any] | None
-    created_at: datetime
+def stream_out(stream: Stream) -> wire.Stream:
+    return from_row(wire.Stream, stream, stream_schema=stream.schema_doc)
 
 
-def stream_out(stream: Stream) -> StreamOut:
-    return StreamOut(
-        id=stream.id,
-        name=stream.name,
-        stream_schema=stream.schema_doc,
-        reference=stream.reference,
-        distill=stream.distill,
-        licence=stream.licence,
-        audit=stream.audit,
-        created_at=stream.created_at,
-    )
+def stream_filter(session: Session, name: str | None) -> int | None:
+    """The id of a list endpoint's `?stream=` (404 for an unknown one), None when it was not given."""
+    return find_stream(session, name).id if name is not None else None
 
 
 def find_stream(session: Session, name: str) -> Stream:
@@ -97,8 +83,14 @@ def find_stream(session: Session, name: str) -> Stream:
     return stream
 
 
-@router.post("/streams", status_code=201, response_model=StreamOut, dependencies=[Depends(require("ingest"))])
-def create_stream(body: StreamIn, session: SessionDep, response: Response) -> StreamOut:
+@router.post(
+    "/streams",
+    status_code=201,
+    response_model=wire.Stream,
+    responses={200: {"model": wire.Stream, "description": "the same definition was there already"}},
+    dependencies=[Depends(require("ingest"))],
+)
+def create_stream(body: StreamIn, session: SessionDep, response: Response) -> wire.Stream:
     wanted = body.definition()
     existing = streams.by_name(session, body.name)
     if existing is None:
@@ -122,11 +114,11 @@ def create_stream(body: StreamIn, session: SessionDep, response: Response) -> St
     return stream_out(existing)
 
 
-@router.get("/streams", response_model=list[StreamOut], dependencies=[Depends(require("read"))])
-def list_streams(session: SessionDep) -> list[StreamOut]:
+@router.get("/streams", response_model=list[wire.Stream], dependencies=[Depends(require("read"))])
+def list_streams(session: SessionDep) -> list[wire.Stream]:
     return [stream_out(s) for s in streams.list_all(session)]
 
 
-@router.get("/streams/{name}", response_model=StreamOut, dependencies=[Depends(require("read"))])
-def get_stream(name: str, session: SessionDep) -> StreamOut:
+@router.get("/streams/{name}", response_model=wire.Stream, dependencies=[Depends(require("read"))])
+def get_stream(name: str, session: SessionDep) -> wire.Stream:
     return stream_out(find_stream(session, name))

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from diet_client.models import Delivery, DeliveryStatus, Webhook, WebhookIn
 from service.auth import Principal, require
 from service.deps import SessionDep
-from service.pages import Id, PageOut, PageParams, page_out, page_params
+from diet_client.models import Page
+from service.pages import Id, PagingDep, page_out
 from service.problems import Problem
 from service.registry.paging import paginate
 from service.registry.tables import Webhook as WebhookRow
@@ -67,13 +68,13 @@ def create_webhook(
     return webhook_out(hook)
 
 
-@router.get("/webhooks", response_model=PageOut[Webhook], dependencies=[Depends(require("webhooks"))])
+@router.get("/webhooks", response_model=Page[Webhook], dependencies=[Depends(require("webhooks"))])
 def list_webhooks(
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     stream: Annotated[str | None, Query()] = None,
-) -> PageOut[Webhook]:
+) -> Page[Webhook]:
     stmt = select(WebhookRow).order_by(WebhookRow.id)
     if stream is not None:
         stmt = stmt.where(WebhookRow.stream_id == find_stream(session, stream).id)
@@ -98,15 +99,15 @@ def delete_webhook(webhook_id: Id, session: SessionDep) -> Webhook:
 
 
 @router.get(
-    "/webhooks/{webhook_id}/deliveries", response_model=PageOut[Delivery], dependencies=[Depends(require("webhooks"))]
+    "/webhooks/{webhook_id}/deliveries", response_model=Page[Delivery], dependencies=[Depends(require("webhooks"))]
 )
 def list_deliveries(
     webhook_id: Id,
     request: Request,
     session: SessionDep,
-    paging: Annotated[PageParams, Depends(page_params)],
+    paging: PagingDep,
     status: Annotated[DeliveryStatus | None, Query()] = None,
-) -> PageOut[Delivery]:
+) -> Page[Delivery]:
     """Its deliveries, newest first, each with every attempt (the receiver's status code or the error)."""
     hook = _find(session, webhook_id)
     stmt = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id).order_by(WebhookDelivery.id.desc())

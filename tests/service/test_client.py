@@ -1,74 +1,51 @@
-"""The Python client: its models match the service's, it retries what is transient, and its downloads
+"""The Python client: its models are the service's answers, it retries what is transient, and its downloads
 resume and verify. Transport behaviour runs on httpx's MockTransport; the rest against the real app."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import pkgutil
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from service_support import BOOTSTRAP_TOKEN
 
-import diet_client
 from diet_client import ApiError, Artifact, ChecksumMismatch, DietClient, JobStatus, ServiceUnreachable, WaitTimeout
-from service.manifest import Artifact as ServerArtifact
-from service.manifest import BlockRef as ServerBlockRef
-from service.manifest import Manifest as ServerManifest
-from service.pages import PageOut
-from service.registry.tables import JobStatus as ServerJobStatus
-from service.routes.blocks import BlockOut
-from service.routes.jobs import JobOut
-from service.routes.jobs import Progress as ServerProgress
-from service.routes.streams import StreamOut
+from service import routes
 
 # --------------------------------------------------------------------------- the contract
 
 
-def _read_names(model) -> set[str]:
-    return {f.validation_alias or f.alias or name for name, f in model.model_fields.items()}
+def _wire_classes(annotation: object) -> Iterator[type]:
+    """The pydantic classes an answer is made of: Page[Job] -> Page[Job] and Job, list[Stream] -> Stream."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        for arg in annotation.__pydantic_generic_metadata__["args"]:
+            yield from _wire_classes(arg)
+    for arg in get_args(annotation):
+        yield from _wire_classes(arg)
 
 
-def _written_names(model) -> set[str]:
-    return {f.serialization_alias or f.alias or name for name, f in model.model_fields.items()}
-
-
-@pytest.mark.parametrize(
-    ("client_model", "server_model"),
-    [
-        (diet_client.Stream, StreamOut),
-        (diet_client.Block, BlockOut),
-        (diet_client.Job, JobOut),
-        (diet_client.Progress, ServerProgress),
-        (diet_client.Manifest, ServerManifest),
-        (diet_client.Artifact, ServerArtifact),
-        (diet_client.BlockRef, ServerBlockRef),
-        (diet_client.Page[int], PageOut[int]),
-    ],
-)
-def test_client_models_read_every_field_the_service_writes(client_model, server_model):
-    assert _read_names(client_model) == _written_names(server_model)
-
-
-def test_job_states_are_the_services():
-    assert {s.value for s in JobStatus} == {s.value for s in ServerJobStatus}
-
-
-def test_the_client_needs_neither_the_engine_nor_the_server(tmp_path):
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, diet_client, diet_client.cli; "
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'diet_engine', 'service', 'worker', 'fastapi', 'sqlalchemy', 'celery')); "
-        "print(heavy); sys.exit(1 if heavy else 0)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_every_answer_of_the_service_is_a_client_model():
+    """One definition of each wire model: the service answers with diet_client.models' classes, not copies."""
+    routers = [importlib.import_module(f"service.routes.{m.name}").router for m in pkgutil.iter_modules(routes.__path__)]
+    answers = {route.path + " " + ",".join(sorted(route.methods)): route.response_model
+               for router in routers for route in router.routes
+               if isinstance(route, APIRoute) and route.response_model is not None}  # fmt: skip
+    assert len(answers) >= 12  # every JSON endpoint but /healthz
+    for endpoint, model in answers.items():
+        classes = list(_wire_classes(model))
+        assert classes, f"{endpoint} answers with {model!r}, not a model"
+        for cls in classes:
+            origin = cls.__pydantic_generic_metadata__["origin"] or cls
+            assert origin.__module__ == "diet_client.models", f"{endpoint} answers with {origin.__module__}.{origin.__name__}"
 
 
 # --------------------------------------------------------------------------- retries (MockTransport)

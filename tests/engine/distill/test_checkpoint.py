@@ -20,7 +20,7 @@ class Killed(Exception):
     """Stands in for the process dying: the stage stops where it is."""
 
 
-def run(stream, stage, out, previous=None, checkpoint=None, stop_at=None):
+def run(stream, stage, out, previous=None, checkpoint=None, stop_at=None, config=CFG):
     schema, root = stream
 
     def progress(update: StageProgress) -> None:
@@ -29,7 +29,7 @@ def run(stream, stage, out, previous=None, checkpoint=None, stop_at=None):
 
     return distill_stage(
         schema, root / f"h{stage}.parquet", stage, out, previous=previous,
-        reference=REF, config=CFG, progress=progress, checkpoint=checkpoint,
+        reference=REF, config=config, progress=progress, checkpoint=checkpoint,
     )  # fmt: skip
 
 
@@ -37,24 +37,29 @@ def same_bytes(a, b):
     return all((a / name).read_bytes() == (b / name).read_bytes() for name in (SYNTHETIC, REFERENCE))
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_a_stage_resumed_from_its_checkpoint_equals_an_undisturbed_one(tiny_stream, tmp_path, stage):
+# the pool of fresh proxies (distill/proxy.py) is loop state too: its weights and moments must resume
+POOLED = CFG.model_copy(update={"proxy_init": "pool", "proxy_models": ["dcn", "wukong"], "pool_size": 2,
+                                "pool_horizon": 7, "pool_advance": 2})
+
+
+@pytest.mark.parametrize(("stage", "config"), [(1, CFG), (2, CFG), (2, POOLED)], ids=["s1", "s2", "s2-pool"])
+def test_a_stage_resumed_from_its_checkpoint_equals_an_undisturbed_one(tiny_stream, tmp_path, stage, config):
     previous = None
     if stage == 2:
         previous = tmp_path / "v1"
-        run(tiny_stream, 1, previous)
-    run(tiny_stream, stage, tmp_path / "undisturbed", previous)
+        run(tiny_stream, 1, previous, config=config)
+    run(tiny_stream, stage, tmp_path / "undisturbed", previous, config=config)
 
     saved = []
     first = StageCheckpoint(tmp_path / "ck", every=4, on_save=lambda p: saved.append(p.name))
     with pytest.raises(Killed):
-        run(tiny_stream, stage, tmp_path / "resumed", previous, first, stop_at=("optimise", 10))
+        run(tiny_stream, stage, tmp_path / "resumed", previous, first, stop_at=("optimise", 10), config=config)
     # saved at the top of iterations 4 and 8; 8 is not a multiple of address_every, so the plan goes along
     assert saved == [REFERENCE_CHECKPOINT, LOOP_CHECKPOINT, LOOP_CHECKPOINT]
     assert not list((tmp_path / "ck").glob(".*tmp"))
 
     again = StageCheckpoint(tmp_path / "ck", every=4)
-    result = run(tiny_stream, stage, tmp_path / "resumed", previous, again)
+    result = run(tiny_stream, stage, tmp_path / "resumed", previous, again, config=config)
     assert again.resumed == result.metrics["resumed"] == {"reference": 1, "loop": 8}
     assert same_bytes(tmp_path / "undisturbed", tmp_path / "resumed")
     assert len(result.metrics["outer_loss"]) + result.metrics["skipped_steps"] == CFG.outer_iters

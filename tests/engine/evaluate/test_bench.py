@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from diet_engine.evaluate.bench import BenchConfig, agreement, gap, run_bench
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
@@ -89,13 +90,14 @@ def test_bench_command_takes_repeats_from_its_config_and_prints_the_set_alone_co
     _, root = tiny_stream
     cfg = small_config(root, tmp_path, candidate_repeats=2)
     overrides = tmp_path / "config.json"
-    overrides.write_text(json.dumps(cfg.model_dump(mode="json", include={"candidate_repeats", "reference", "candidate", "distill"})))
+    # the file may name the device too (sweep.py writes it there); its value wins over the option's
+    overrides.write_text(json.dumps(cfg.model_dump(mode="json", include={"candidate_repeats", "reference", "candidate", "distill", "device"})))
     result = CliRunner().invoke(app, ["bench", "--data", str(root), "--out", str(tmp_path / "out"), "--methods", "warmup,el2n",
-                                      "--models", "dcn", "--ratio", "0.05", "--config", str(overrides)])
+                                      "--models", "dcn", "--ratio", "0.05", "--config", str(overrides), "--device", "cuda:7"])
     assert result.exit_code == 0, result.output
     assert "set alone" in result.output and "τ vs full" in result.output
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["config"]["candidate_repeats"] == 2
+    assert saved["config"]["candidate_repeats"] == 2 and saved["config"]["device"] == "cpu"
     assert len(saved["results"]["el2n"]["dcn"]["auc_repeats"][0]) == 2
 
 
@@ -133,3 +135,19 @@ def test_tau_interval_is_a_point_for_identical_candidates_and_widens_with_their_
     assert loose["x"][0] < 0.0 < loose["x"][1] <= 1.0  # candidates spread 3x the cells' gaps: the order is a draw
     assert tau_interval(cells(0.03), ["full", "x"], models) == loose  # seeded: the interval repeats
     assert tau_interval(cells(0.03), ["x"], models) == {}  # nothing to agree with
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_runs_every_phase_on_the_gpu_and_repeats_itself(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet"]
+    first = run_bench(small_config(root, tmp_path / "a", methods=methods, device="cuda", candidate_repeats=1))
+    again = run_bench(small_config(root, tmp_path / "b", methods=methods, device="cuda", candidate_repeats=1))
+    cpu = run_bench(small_config(root, tmp_path / "c", methods=methods, candidate_repeats=1))
+    for method in methods:
+        for model in ("dcn", "finalnet"):
+            auc = first["results"][method][model]["auc"]
+            assert 0.0 < auc < 1.0
+            assert again["results"][method][model]["auc"] == pytest.approx(auc, abs=1e-6)
+            # the same maths as on the CPU, up to float rounding amplified by training
+            assert auc == pytest.approx(cpu["results"][method][model]["auc"], abs=0.05)

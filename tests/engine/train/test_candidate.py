@@ -1,4 +1,4 @@
-"""Candidate training's distilled phase: each learning rate from the same start, the best (rate, epoch) kept."""
+"""Candidate training: each learning rate of either phase from the same start, the best on validation kept."""
 
 import pytest
 import torch
@@ -52,3 +52,25 @@ def test_probe_scores_the_model_the_set_alone_trained(tiny_stream):
                             embeddings=emb, distilled=syn, probe=splits.test)
     assert tuned.set_only_auc == alone.set_only_auc
     assert evaluate(tuned.model, splits.test).mean_auc != alone.set_only_auc
+
+
+def test_the_fine_tune_rate_best_on_validation_is_kept_and_replays_its_single_rate_run(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+
+    def tuned(lrs):
+        cfg = CandidateConfig(arch=ARCH, distilled_epochs=1, finetune_lrs=lrs)
+        return train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid, cfg=cfg, seed=7,
+                               embeddings=emb, distilled=syn)
+
+    alone = {lr: tuned([lr]) for lr in (1e-4, 3e-2)}
+    both = tuned([1e-4, 3e-2])
+    valid = {lr: evaluate(run.model, splits.valid).mean_auc for lr, run in alone.items()}
+    assert valid[1e-4] != valid[3e-2]
+    winner = max(valid, key=valid.__getitem__)
+    assert both.finetune_lr == winner and alone[1e-4].finetune_lr == 1e-4
+    for name, value in both.model.state_dict().items():
+        assert torch.equal(value, alone[winner].model.state_dict()[name]), name
+    # no list: the fine-tune runs at the training rate, as before
+    default = train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid,
+                              cfg=CandidateConfig(arch=ARCH, distilled_epochs=1), seed=7, embeddings=emb, distilled=syn)
+    assert default.finetune_lr == CandidateConfig().train.lr

@@ -1,7 +1,8 @@
-"""The Celery configuration shared by the API (which sends jobs) and the worker (which runs them).
+"""The job queue as the API and the worker both see it: the Celery app's configuration, the task's name.
 
 The API only *sends* tasks by name, so it never imports the task module (or the
-training code behind it).
+training code behind it); the worker builds its app here too and adds its tasks
+(worker/app.py), so the dependency points from the worker to the service only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ AUDIT_TASK = "diet.audit"
 WEBHOOK_TASK = "diet.webhook"
 
 
-def make_celery(settings: Settings) -> Celery:
+def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
+    """The Celery app for these settings; `include` names the task modules (only the worker has them)."""
     options: dict[str, Any] = {}
     if settings.uses_folder_broker:
         # Embedded mode: messages are files in one folder, shared by the API and its worker.
@@ -37,7 +39,7 @@ def make_celery(settings: Settings) -> Celery:
         options["visibility_timeout"] = 24 * 3600
     options.update(settings.broker_options)
 
-    app = Celery("diet", broker=settings.broker_url, include=["worker.tasks", "worker.audit", "worker.webhooks"])
+    app = Celery("diet", broker=settings.broker_url, include=include or [])
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
