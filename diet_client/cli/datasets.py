@@ -1,9 +1,11 @@
-"""`diet datasets ls|show|pull|report|export`: find, fetch, look at and export distilled dataset versions."""
+"""`diet datasets ls|show|pull|report`: find, fetch and look at distilled dataset versions.
+
+`diet datasets export` is added to this group by service/cli.py: it converts with the engine, which
+the bare client does not install.
+"""
 
 from __future__ import annotations
 
-import enum
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -119,47 +121,3 @@ def _print_pulled(pulled: PulledDataset) -> None:
         out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}… verified{how}")
     out.print(f"{pulled.version} -> {pulled.directory}  (load it: diet_engine.load_dataset({str(pulled.directory)!r}))")
 
-
-class ExportFormat(str, enum.Enum):
-    hf = "hf"
-    parquet = "parquet"
-
-
-@app.command("export")
-@service_command
-def export(
-    version: VersionArgument,
-    to: Annotated[Path, typer.Option(file_okay=False, help="folder to write the export to")],
-    fmt: Annotated[
-        ExportFormat, typer.Option("--format", help="hf: a Hugging Face datasets folder; parquet: one flat file")
-    ] = ExportFormat.hf,
-    cache: Annotated[
-        Path | None, typer.Option(file_okay=False, help="keep the pulled version here [default: a temporary folder]")
-    ] = None,
-    *,
-    service: Service,
-) -> None:
-    """Pull a version (verified) and write it for other tools: `hf` loads with
-    `datasets.load_dataset("parquet", data_dir=TO)`; `parquet` is one file, one column per field embedding."""
-    try:  # the conversion is the engine's (torch, pyarrow): installed with the service, not with the bare client
-        from diet_engine.dataset.export import export_version
-    except ImportError as exc:
-        raise typer.BadParameter(f"exports need the DIET engine installed ({exc})", param_hint="--format") from exc
-    with tempfile.TemporaryDirectory(prefix="diet-export-") as scratch, service.connect() as diet:
-        manifest = diet.dataset(version)
-        licence = diet.stream(manifest.stream).licence
-        folder = cache or Path(scratch)
-        with transfer_bars(show_progress(service.as_json)) as progress:
-            diet.pull(manifest.version, folder, on_progress=progress)
-        done = export_version(folder, to, fmt.value, licence=licence)
-    written = {"version": done.version, "format": done.format, "rows": done.rows,
-               "files": [{"path": str(f.path), "bytes": f.bytes, "sha256": f.sha256} for f in done.files]}  # fmt: skip
-
-    def show(_: object) -> None:
-        out = stdout()
-        for f in done.files:
-            out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}…")
-        hint = f'datasets.load_dataset("parquet", data_dir={str(to)!r})' if fmt is ExportFormat.hf else "pyarrow.parquet"
-        out.print(f"{done.version} ({done.rows} rows) -> {to}  (load it: {hint})")
-
-    service.print(written, show)

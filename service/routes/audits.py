@@ -53,7 +53,13 @@ def send(session: Session, celery: Celery, audit_id: int) -> None:
     session.commit()
 
 
-@router.post("/jobs/audit", status_code=202, response_model=Audit, dependencies=[Depends(require("distill"))])
+@router.post(
+    "/jobs/audit",
+    status_code=202,
+    response_model=Audit,
+    responses={200: {"model": Audit, "description": "the same audit of the version, queued or running, asked for again"}},
+    dependencies=[Depends(require("distill"))],
+)
 def create_audit(body: AuditIn, session: SessionDep, celery: CeleryDep, response: Response) -> Audit:
     """Train the pool's candidates on the version and on full history (the bench's protocol) and record Kendall τ,
     top-1 regret and mean AUC against full data in the version's metrics (`metrics.audit`). The same request

@@ -191,6 +191,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float  # time.time() when it arrived (a signature's age is checked against it)
 
 
 class Receiver:
@@ -209,7 +210,7 @@ class Receiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with outer._lock:
-                    outer.received.append(Received(self.path, dict(self.headers.items()), body))
+                    outer.received.append(Received(self.path, dict(self.headers.items()), body, time.time()))
                     status = outer.answers.pop(0) if outer.answers else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "0")

@@ -32,7 +32,7 @@ from service.registry import migrate
 
 BLOCKS = ("b1", "b2", "b3", "subsequent", "valid", "test")  # stages 1-6
 POOL = ["dcn", "dcnv2", "finalnet"]
-CANDIDATE = {"distilled_epochs": 1, "train": {"batch_size": 1024}}
+CANDIDATE = {"distilled_epochs": 1, "train": {"batch_size": 4096}}
 SECRET = "audit-hook-secret-0123"
 
 
@@ -177,7 +177,7 @@ def test_audit_on_ml100k_records_the_bench_statistics(tmp_path, processes, postg
     assert sorted(f["kind"] for f in finished) == ["audit", "distill"]
     assert events.count("audit.alarm") == int(result["alarm"])
     for got in receiver.received:
-        assert verify(SECRET, got.body, got.headers[HEADER])
+        assert verify(SECRET, got.body, got.headers[HEADER], now=got.at)
     assert sorted(json.loads(r.body)["event"] for r in receiver.received) == sorted(events)
 
 

@@ -90,7 +90,7 @@ def test_an_event_is_recorded_with_its_transaction_and_signed_on_delivery(servic
     first, second = receiver.wait_for(2)
     assert len(receiver.received) == 2
     for got in (first, second):
-        assert verify(SECRET, got.body, got.headers[HEADER])
+        assert verify(SECRET, got.body, got.headers[HEADER], now=got.at)
         assert not verify("another-secret-entirely", got.body, got.headers[HEADER])
         assert not verify(SECRET, got.body + b" ", got.headers[HEADER])
         assert got.headers["X-DIET-Event"] == "job.failed" and got.headers["X-DIET-Delivery"] == str(delivery["id"])
@@ -158,7 +158,7 @@ def test_deployed_delivery_is_retried_by_the_worker(tmp_path, processes, postgre
             time.sleep(0.2)
     assert d["status"] == "delivered" and d["attempts"] == 3, worker.logs()
     assert [a["status_code"] for a in d["attempt_log"]] == [500, 500, 200]
-    assert all(verify(SECRET, r.body, r.headers[HEADER]) for r in got)
+    assert all(verify(SECRET, r.body, r.headers[HEADER], now=r.at) for r in got)
     at = [a["at"] for a in d["attempt_log"]]
     gaps = [(_t(at[i + 1]) - _t(at[i])) for i in range(2)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # backoff doubles
