@@ -15,17 +15,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
-from diet_client.models import Audit, AuditIn, AuditResult, JobStatus, Progress
+from diet_client.models import Audit, AuditIn, AuditResult, JobStatus, Page, Progress
 from service.auth import require
 from service.deps import CeleryDep, SessionDep
-from diet_client.models import Page
 from service.pages import Id, PagingDep, page_out
 from service.problems import Problem
+from service.queue import enqueue_audit
 from service.registry import audits
 from service.registry.tables import Audit as AuditRow
 from service.routes.datasets import find_version
 from service.routes.streams import find_stream
-from service.queue import enqueue_audit
 
 router = APIRouter(tags=["audits"])
 log = logging.getLogger(__name__)

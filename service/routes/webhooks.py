@@ -11,10 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from diet_client.models import Delivery, DeliveryStatus, Webhook, WebhookIn
+from diet_client.models import Delivery, DeliveryStatus, Page, Webhook, WebhookIn
 from service.auth import Principal, require
 from service.deps import SessionDep
-from diet_client.models import Page
 from service.pages import Id, PagingDep, page_out
 from service.problems import Problem
 from service.registry.paging import paginate
