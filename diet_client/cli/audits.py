@@ -7,26 +7,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from diet_client.cli.common import (
-    DEFAULT_URL,
-    ExitCode,
-    JsonOption,
-    TokenOption,
-    UrlOption,
-    connect,
-    emit_json,
-    fail,
-    stdout,
-)
+from diet_client.cli.common import ExitCode, LimitOption, Service, emit_json, fail, service_command, stdout
 from diet_client.cli.jobs import TimeoutOption, WaitOption, parse_overrides
 from diet_client.client import DietClient
 from diet_client.errors import WaitTimeout
-from diet_client.models import Audit, JobStatus
+from diet_client.models import Audit, JobStatus, Page
 
 app = typer.Typer(help="Audit jobs: a version's candidate pool against full history.", no_args_is_help=True)
 StageOption = Annotated[int | None, typer.Option(min=1, show_default=False)]
 
 
+@service_command
 def audit(
     version: Annotated[str, typer.Argument(help="STREAM@vN (or @latest, or an alias)")],
     pool: Annotated[str, typer.Option(help="a named pool of architectures (p5: the paper's five)")] = "p5",
@@ -41,15 +32,15 @@ def audit(
     seed: Annotated[int, typer.Option(min=0)] = 0,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    *,
+    service: Service,
 ) -> None:
     """Audit a version on the workers: train the pool on it and on full history, record Kendall τ, top-1 regret and
     mean AUC in its metrics. The evaluation blocks are stages --subsequent/--valid/--test (default: the three after
     the version's stage)."""
     blocks = {k: v for k, v in {"subsequent": subsequent, "valid": valid, "test": test}.items() if v is not None}
-    with connect(url, token, as_json) as diet:
+    as_json = service.as_json
+    with service.connect() as diet:
         made = diet.audit(version, pool=pool, models=model or None, blocks=blocks, candidate=parse_overrides(set_ or []),
                           repeats=repeats, seed=seed)  # fmt: skip
         if not wait:
@@ -59,20 +50,19 @@ def audit(
 
 
 @app.command("ls")
+@service_command
 def list_audits(
     stream: Annotated[str | None, typer.Option(help="only this stream's audits")] = None,
     version: Annotated[str | None, typer.Option(help="only this version's audits")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-    as_json: JsonOption = False,
+    limit: LimitOption = 50,
+    *,
+    service: Service,
 ) -> None:
     """Audits, newest first, with their τ and top-1 regret."""
-    with connect(url, token, as_json) as diet:
-        page = diet.audits(stream, version, limit=limit)
-    if as_json:
-        emit_json(page)
-        return
+    service.fetch(lambda diet: diet.audits(stream, version, limit=limit), _print_page)
+
+
+def _print_page(page: Page[Audit]) -> None:
     table = Table("id", "version", "status", "models", "τ", "top-1 regret", "alarm", "created",
                   caption=f"{len(page.items)} of {page.total}")  # fmt: skip
     for a in page.items:
@@ -84,19 +74,21 @@ def list_audits(
 
 
 @app.command("show")
-def show(audit_id: Annotated[int, typer.Argument(help="the audit's id")], url: UrlOption = DEFAULT_URL,
-         token: TokenOption = None, as_json: JsonOption = False) -> None:  # fmt: skip
+@service_command
+def show(audit_id: Annotated[int, typer.Argument(help="the audit's id")], *, service: Service) -> None:
     """One audit: its request, evaluation blocks, and result per model."""
-    with connect(url, token, as_json) as diet:
-        _print(diet.audit_job(audit_id), as_json)
+    with service.connect() as diet:
+        _print(diet.audit_job(audit_id), service.as_json)
 
 
 @app.command("wait")
-def wait_audit(audit_id: Annotated[int, typer.Argument(help="the audit's id")], timeout: TimeoutOption = None,
-               url: UrlOption = DEFAULT_URL, token: TokenOption = None, as_json: JsonOption = False) -> None:  # fmt: skip
+@service_command
+def wait_audit(
+    audit_id: Annotated[int, typer.Argument(help="the audit's id")], timeout: TimeoutOption = None, *, service: Service
+) -> None:
     """Follow an audit until it ends; exit 0 if it succeeded, 4 otherwise."""
-    with connect(url, token, as_json) as diet:
-        _follow(diet, audit_id, timeout, as_json)
+    with service.connect() as diet:
+        _follow(diet, audit_id, timeout, service.as_json)
 
 
 def _follow(diet: DietClient, audit_id: int, timeout: float | None, as_json: bool) -> None:
