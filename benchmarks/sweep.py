@@ -85,13 +85,19 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds-1 (fresh seeds check a choice out of sample)")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--merge-only", action="store_true",
+                    help="run nothing: merge the runs already under OUT (a sweep stopped before its end)")
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
     models = args.models.split(",")
     jobs = [(n, s, g, seed) for n, s in specs.items() for g in range(len(groups_of(s)))
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models), jobs))
+    if args.merge_only:  # each run dir that holds a results.json counts as done, the others as failed
+        done = [(n, seed, d, float("nan"), 0 if (d / "results.json").is_file() else -1)
+                for n, s, g, seed in jobs for d in [args.out / f"{n}-g{g}-s{seed}"]]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models), jobs))
     merged, failures, loaded = {}, [], {}
     for n, seed, run_dir, seconds, rc in done:
         if rc != 0:

@@ -116,3 +116,7 @@ class CandidateConfig(_Config):
     # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;
     # the one best on validation is kept (the same rule for every method that fine-tunes). None: `train.lr`
     finetune_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
+    # the distilled phase trains the dense part on the set's embeddings ("frozen", the paper), or also the
+    # embedding tables through each row's real ids ("tuned": the row is its ids' embedding plus a fixed
+    # offset, train.loops.train_anchored_epoch) so each architecture adapts the inherited tables to itself
+    set_embeddings: Literal["frozen", "tuned"] = "frozen"

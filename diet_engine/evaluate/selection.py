@@ -7,14 +7,12 @@ checkpoint, so every method is trained by one candidate protocol.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from sklearn.cluster import MiniBatchKMeans
-from sklearn.metrics import pairwise_distances_argmin
 from torch import Tensor
 
 from diet_engine.distill.boundary import boundary_select
 from diet_engine.data.blocks import TensorBlock
+from diet_engine.evaluate.kmeans import minibatch_kmeans, nearest_rows
 from diet_engine.models.base import CTRModel
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.loops import el2n_scores, embed_rows
@@ -36,11 +34,14 @@ def select_el2n(rows: SyntheticSet, labels: Tensor, k: int, percentile: float = 
 
 
 def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
-    """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid."""
-    x = rows.emb.reshape(len(rows), -1).cpu().numpy().astype(np.float64)
-    km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=4096, max_iter=50).fit(x)
-    nearest = pairwise_distances_argmin(km.cluster_centers_, x)
-    return torch.from_numpy(np.unique(nearest)).long()
+    """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid.
+
+    Mini-batch k-means on the rows' device (`diet_engine.evaluate.kmeans`); two centroids sharing a
+    nearest row keep it once, so a few rows fewer than k may come back, sorted.
+    """
+    x = rows.emb.detach().reshape(len(rows), -1)
+    with torch.no_grad():
+        return torch.unique(nearest_rows(minibatch_kmeans(x, k, seed), x))
 
 
 def selected_rows(

@@ -24,7 +24,9 @@ from diet_engine.models.base import CTRModel
 from diet_engine.data.schema import StreamSchema
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.metrics import mean_auc_torch, task_metrics
-from diet_engine.train.loops import generator, make_optimizer, predict_logits, train_real_epoch, train_soft_epoch
+from diet_engine.train.loops import (
+    anchor_offsets, generator, make_optimizer, predict_logits, train_anchored_epoch, train_real_epoch, train_soft_epoch,
+)
 
 
 @dataclass
@@ -64,7 +66,7 @@ def train_candidate(
     run = CandidateRun(model)
     gen = generator(seed)
     if distilled is not None and len(distilled):
-        _fit_dense_on_distilled(run, distilled, valid, cfg, gen, device)
+        _fit_on_distilled(run, distilled, valid, cfg, gen, device)
         if probe is not None:
             run.set_only_auc = _valid_auc(model, probe, device)
     if cfg.finetune_lrs is None or len(cfg.finetune_lrs) == 1:
@@ -94,30 +96,37 @@ def _finetune(model: CTRModel, blocks: list[Block], train: TrainConfig, gen: tor
         train_real_epoch(model, block, opt, train.batch_size, gen, device)
 
 
-def _fit_dense_on_distilled(
+def _fit_on_distilled(
     run: CandidateRun, syn: SyntheticSet, valid: TensorBlock, cfg: CandidateConfig, gen: torch.Generator, device: str
 ) -> None:
-    """Dense part on the set for each rate in `cfg.distilled_lrs`; keeps the best (rate, epoch) on validation."""
+    """The dense part (and with `set_embeddings="tuned"` the tables) on the set for each rate in
+    `cfg.distilled_lrs`; keeps the best (rate, epoch) on validation."""
     model = run.model
-    initial = copy.deepcopy(model.dense.state_dict())
+    tuned = cfg.set_embeddings == "tuned" and syn.anchored
+    part = model if tuned else model.dense  # what the phase trains, restored between rates
+    offsets = anchor_offsets(model, syn, device) if tuned else None
+    initial = copy.deepcopy(part.state_dict())
     draws = gen.get_state()  # every rate sees the same batches
     best_auc, best_state = -1.0, None
     for lr in cfg.distilled_lrs:
-        model.dense.load_state_dict(initial)
+        part.load_state_dict(initial)
         gen.set_state(draws)
-        opt = make_optimizer(model, TrainConfig(lr=lr), dense_only=True)
+        opt = make_optimizer(model, TrainConfig(lr=lr), dense_only=not tuned)
         curve = []
         for epoch in range(cfg.distilled_epochs):
-            train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+            if tuned:
+                train_anchored_epoch(model, syn, offsets, opt, cfg.distilled_batch, gen, cfg.temperature, device)
+            else:
+                train_soft_epoch(model, syn, opt, cfg.distilled_batch, gen, cfg.temperature, device)
             auc = _valid_auc(model, valid, device)
             curve.append(auc)
             run.distilled_epochs_run += 1
             if auc > best_auc:  # a diverged (NaN) epoch is never the best
-                best_auc, best_state = auc, copy.deepcopy(model.dense.state_dict())
+                best_auc, best_state = auc, copy.deepcopy(part.state_dict())
                 run.best_epoch, run.best_lr = epoch, lr
         if run.best_lr == lr:
             run.valid_auc = curve
-    model.dense.load_state_dict(best_state if best_state is not None else initial)
+    part.load_state_dict(best_state if best_state is not None else initial)
 
 
 def _valid_auc(model: CTRModel, valid: TensorBlock, device: str) -> float:

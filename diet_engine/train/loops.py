@@ -213,6 +213,47 @@ def train_soft_epoch(
     return float(total) / max(len(syn), 1)
 
 
+def train_anchored_epoch(
+    model: CTRModel,
+    syn: SyntheticSet,
+    offsets: Tensor,
+    opt: Optimizers,
+    batch_size: int,
+    gen: torch.Generator,
+    temperature: float = 1.0,
+    device: str = "cpu",
+) -> float:
+    """One pass over an anchored set that trains the embedding tables too: a row's input is the candidate's
+    own embedding of the real ids it came from plus its fixed offset from them (`anchor_offsets`), so the
+    tables learn what the set says about those ids while every row still reads as the set's embedding."""
+    model.train()
+    cat, num = syn.src_cat.to(device), syn.src_num.to(device)
+    logits = syn.logits.detach().to(device)
+    order = torch.randperm(len(syn), generator=gen).to(device)  # the same draw as train_soft_epoch's
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, len(syn), batch_size):
+        idx = order[start : start + batch_size]
+        emb = model.embedding(cat.index_select(0, idx), num.index_select(0, idx)) + offsets.index_select(0, idx)
+        loss = bce(model.dense(emb), soft_targets(logits.index_select(0, idx), temperature))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total.add_(loss.detach(), alpha=len(idx))
+    return float(total) / max(len(syn), 1)
+
+
+@torch.no_grad()
+def anchor_offsets(model: CTRModel, syn: SyntheticSet, device: str = "cpu") -> Tensor:
+    """Each row's embedding minus the model's embedding of its source ids (zero for a selected real row)."""
+    model.eval()
+    parts = [
+        syn.emb[i : i + EVAL_BATCH].to(device)
+        - model.embedding(syn.src_cat[i : i + EVAL_BATCH].to(device), syn.src_num[i : i + EVAL_BATCH].to(device))
+        for i in range(0, len(syn), EVAL_BATCH)
+    ]
+    return torch.cat(parts) if parts else torch.zeros_like(syn.emb, device=device)
+
+
 def soft_step(model: CTRModel, opt: Optimizers, emb: Tensor, logits: Tensor, idx: Tensor, temperature: float) -> Tensor:
     """One optimiser step of the dense part on rows `idx` of (emb, logits); the loss, detached (the step's autograd
     graph dies here)."""

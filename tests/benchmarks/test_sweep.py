@@ -42,3 +42,12 @@ def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny
     assert set(other["results"]) == {"full", "cold", "warmup", "random"}
     assert other["results"]["full"] == merged["results"]["full"]
     assert other["results"]["random"]["dcn"]["auc_seeds"] != merged["results"]["random"]["dcn"]["auc_seeds"]
+
+    # a sweep stopped before its end is merged from the runs it left: the same summary again
+    (out / "sweep.json").unlink()
+    again = subprocess.run([sys.executable, str(SWEEP), str(tmp_path / "spec.json"), "--data", str(root), "--out", str(out),
+                            "--seeds", "2", "--models", "dcn,wukong", "--merge-only"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    remerged = json.loads((out / "sweep.json").read_text())
+    assert remerged["small"]["results"] == merged["results"] and remerged["other"]["results"] == other["results"]
+

@@ -1,6 +1,7 @@
 import torch
 
 from diet_engine.distill.boundary import boundary_select, label_groups, percentile_window, split_budget
+from diet_engine.evaluate.kmeans import _cluster_sums, minibatch_kmeans, nearest_rows
 from diet_engine.evaluate.selection import select_kmeans, select_random
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.loops import el2n_scores
@@ -57,3 +58,27 @@ def test_kmeans_takes_the_row_nearest_each_centroid():
     rows = SyntheticSet(points.reshape(150, 1, 2), torch.zeros(150, 1), torch.zeros(150, dtype=torch.long))
     idx = select_kmeans(rows, 3, seed=0)
     assert sorted(idx.tolist()) == sorted(medoid_like.tolist())
+
+
+def test_minibatch_kmeans_is_seeded_and_finds_separated_clusters_over_many_batches():
+    g = torch.Generator().manual_seed(1)
+    means = 20.0 * torch.randn(20, 16, generator=g)
+    truth = torch.arange(3000) % 20
+    x = means[truth] + torch.randn(3000, 16, generator=g)
+    rows = SyntheticSet(x.reshape(3000, 2, 8), torch.zeros(3000, 1), torch.zeros(3000, dtype=torch.long))
+    idx = select_kmeans(rows, 20, seed=5)
+    assert torch.equal(idx, select_kmeans(rows, 20, seed=5))
+    assert sorted(truth[idx].tolist()) == list(range(20))  # one row from every cluster
+    centres = minibatch_kmeans(x, 20, seed=5, batch_size=256, passes=2)  # 24 mini-batches
+    assert torch.cdist(centres, means).min(1).values.max() < 0.6  # on a cluster mean (a 150-row mean sits ~0.33 off)
+    assert not torch.equal(centres, minibatch_kmeans(x, 20, seed=6, batch_size=256, passes=2))
+
+
+def test_cluster_sums_and_nearest_rows_match_plain_definitions():
+    g = torch.Generator().manual_seed(2)
+    x, centres = torch.randn(500, 6, generator=g), torch.randn(7, 6, generator=g)
+    assign = torch.randint(7, (500,), generator=g)
+    sums, counts = _cluster_sums(x, assign, 7)
+    assert torch.equal(counts, torch.bincount(assign, minlength=7))
+    assert torch.allclose(sums.float(), torch.zeros(7, 6).index_add_(0, assign, x), atol=1e-5)
+    assert torch.equal(nearest_rows(centres, x), torch.cdist(centres, x).argmin(1))

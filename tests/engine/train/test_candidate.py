@@ -9,7 +9,9 @@ from diet_engine.config import CandidateConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
 from diet_engine.train.reference import continue_reference, new_reference
 from diet_engine.evaluate.selection import selected_rows
-from diet_engine.train.loops import evaluate
+from diet_engine.data.synthetic import SyntheticSet
+from diet_engine.models import build_model
+from diet_engine.train.loops import anchor_offsets, evaluate
 
 ARCH = ModelConfig(embedding_dim=8, hidden=[16], n_experts=2, expert_dim=8, tower_hidden=[8])
 
@@ -74,3 +76,33 @@ def test_the_fine_tune_rate_best_on_validation_is_kept_and_replays_its_single_ra
     default = train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid,
                               cfg=CandidateConfig(arch=ARCH, distilled_epochs=1), seed=7, embeddings=emb, distilled=syn)
     assert default.finetune_lr == CandidateConfig().train.lr
+
+
+def test_tuned_set_embeddings_train_only_the_table_rows_of_the_set_s_ids(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+
+    def fit(mode):
+        cfg = CandidateConfig(arch=ARCH, distilled_epochs=2, set_embeddings=mode)
+        return train_candidate("dcn", schema, finetune=[], valid=splits.valid, cfg=cfg, seed=7, embeddings=emb, distilled=syn)
+
+    frozen, tuned = fit("frozen"), fit("tuned")
+    # a selected real row is exactly its ids' embedding under the tables it came from: no offset
+    assert anchor_offsets(frozen.model, syn).abs().max() < 1e-6
+    table = "table.weight"
+    assert torch.equal(frozen.model.embedding.state_dict()[table], emb[table])
+    moved = (tuned.model.embedding.state_dict()[table] != emb[table]).any(1)
+    used = torch.zeros_like(moved)
+    used[(syn.src_cat + tuned.model.embedding.offsets).flatten()] = True
+    assert moved.any() and not (moved & ~used).any()
+    assert tuned.valid_auc != frozen.valid_auc
+
+
+def test_tuned_set_embeddings_keep_a_distilled_row_s_offset_from_its_ids(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+    shifted = SyntheticSet(syn.emb + 0.5, syn.logits, syn.stage, syn.src_cat, syn.src_num)
+    cfg = CandidateConfig(arch=ARCH, distilled_epochs=1, set_embeddings="tuned")
+    run = train_candidate("dcn", schema, finetune=[], valid=splits.valid, cfg=cfg, seed=7, embeddings=emb, distilled=shifted)
+    start = build_model("dcn", schema, ARCH)
+    start.embedding.load_state_dict(emb)
+    assert torch.allclose(anchor_offsets(start, shifted), torch.full_like(shifted.emb, 0.5), atol=1e-5)
+    assert run.best_epoch == 0 and len(run.valid_auc) == 1

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One lent-GPU call: carried wheels installed, the GPU tests, then a sweep spec on ML-1M (converted under .data/).
+#   bash benchmarks/gpu_round.sh SPEC OUTNAME [SEEDS] [JOBS]
+set -uo pipefail
+spec=$1; name=$2; seeds=${3:-3}; jobs=${4:-16}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+(python3 -m pytest -q -p no:cacheprovider tests/engine/distill/test_gpu_paths.py \
+  tests/engine/evaluate/test_bench.py::test_bench_runs_every_phase_on_the_gpu_and_repeats_itself \
+  > "$out/gpu-tests.txt" 2>&1; echo "gpu tests exit $?" >> "$out/gpu-tests.txt") &
+tests=$!
+start=$(date +%s)
+SWEEP_JOB_TIMEOUT_S=${SWEEP_JOB_TIMEOUT_S:-400} timeout ${SWEEP_WALL_S:-540} python3 benchmarks/sweep.py "$spec" --data .data/ml-1m --out /tmp/sweep \
+  --seeds "$seeds" --jobs "$jobs" ${MODELS:+--models $MODELS} | tee "$out/$name.txt"
+echo "sweep wall $(( $(date +%s) - start )) s" | tee -a "$out/$name.txt"
+wait $tests
+cp /tmp/sweep/sweep.json "$out/$name.json" 2>/dev/null || echo "no sweep.json (the sweep was stopped)"
+tail -3 "$out/gpu-tests.txt"
+(cd /tmp/sweep && tar czf "$out/$name-logs.tgz" */log.txt $(ls */results.json 2>/dev/null))
