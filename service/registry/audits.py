@@ -174,7 +174,7 @@ def resolve(
     blocks["history"] = [{"id": ref["id"], "stage": ref["stage"]} for ref in version.blocks]
     for ref in [*blocks["history"], *(blocks[n] for n in stages)]:
         block = session.get(Block, ref["id"])
-        if block is None or getattr(block, "purged_at", None) is not None:
+        if block is None or block.purged_at is not None:
             raise Unresolved(409, f"block {ref['id']} (stage {ref['stage']}) has been retired: its rows are gone")
     normalised = {"pool": request.get("pool") if not request.get("models") else None, **config.model_dump(mode="json")}
     return normalised, blocks
@@ -192,9 +192,8 @@ def schedule_due(session: Session, stream: Stream) -> list[Audit]:
         DatasetVersion.stream_id == stream.id,
         DatasetVersion.stage % int(policy["every"]) == 0,
         DatasetVersion.id.not_in(audited),
+        DatasetVersion.deleted_at.is_(None),
     )
-    if hasattr(DatasetVersion, "deleted_at"):
-        stmt = stmt.where(DatasetVersion.deleted_at.is_(None))
     made = []
     for version in session.scalars(stmt.order_by(DatasetVersion.number)):
         stages = evaluation_stages(version.stage, None, None, None)
