@@ -3,20 +3,31 @@
     python benchmarks/distill_gpu.py --out OUT                 # full: 4 x 2.5 M-row blocks, 17 fields, 3 tasks
     python benchmarks/distill_gpu.py --quick --device cpu --out OUT   # small, for CI
 
+OUT is a directory (OUT/distill_gpu.json, OUT/profile.txt) or, ending in .json, the JSON file itself
+(the profile beside it as NAME.profile.txt).
+
 A KuaiRand-shaped stream (the paper's Table 2: 17 categorical fields, 3 tasks) is
 generated in memory: hashed ids of Zipf-like popularity, three correlated labels
 from a hidden additive model with a user x item interaction. Blocks live in
 pinned host memory and move to the device stage by stage, as a worker's would.
 
-Every phase runs the engine's own functions (reference.continue_reference,
-distill.boundary_memory — training.predict_logits + el2n_scores —,
-memory.fusion_weights/fuse, addressing.address, bilevel.optimise_memory,
-candidate.train_candidate) and is timed with CUDA events, with the peak GPU
-memory allocated during it. Candidate iteration is compared in the same run
-with the obvious alternative: the same code retrained on the full history.
-Prints a table; writes OUT/distill_gpu.json (written after every section, so a
-run cut short still leaves what it measured). Timings are reported, never
-asserted.
+Every phase runs the engine's own functions (train.reference.continue_reference,
+distill.stage.boundary_memory — train.loops.predict_logits + el2n_scores —,
+distill.memory.fusion_weights/fuse, distill.addressing.address,
+distill.bilevel.optimise_memory, train.candidate.train_candidate) and is timed
+with CUDA events, with the peak GPU memory allocated during it. Candidate
+iteration is compared in the same run with the obvious alternative: the same
+code retrained on the full history.
+
+Fidelity: every method of `--methods` (full, cold, warmup, random, el2n, kmeans,
+diet) trains the models' candidates by the engine bench's own protocol
+(bench.history_sets for the selection sets, bench.run_cell for each cell,
+bench.summarise for Kendall τ-b against full, the cold→full gap recovered and
+what each set teaches alone); diet's set is the one the timed stages built.
+
+Prints a table; writes the JSON after every section (after every fidelity
+cell), so a run cut short still leaves what it measured. Timings are reported,
+never asserted.
 """
 
 from __future__ import annotations
@@ -25,12 +36,13 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import resource
-import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,27 +51,31 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diet_engine.distill.addressing import address  # noqa: E402
-from diet_engine.distill.bilevel import optimise_memory  # noqa: E402
-from diet_engine.distill.unroll import draw_pick, draw_unroll, meta_gradient  # noqa: E402
-from diet_engine.train.candidate import train_candidate  # noqa: E402
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig, TrainConfig  # noqa: E402
 from diet_engine.data.blocks import TensorBlock  # noqa: E402
-from diet_engine.distill.stage import boundary_memory, memory_budget, module_on, target_pool  # noqa: E402
-from diet_engine.distill.influence import Influence  # noqa: E402
-from diet_engine.distill.memory import fuse, fusion_weights, reanchor  # noqa: E402
-from diet_engine.train.metrics import mean_auc_torch  # noqa: E402
-from diet_engine.models import MODELS  # noqa: E402
-from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
-from diet_engine.train.reference import continue_reference, new_reference  # noqa: E402
 from diet_engine.data.schema import CategoricalField, StreamSchema  # noqa: E402
 from diet_engine.data.synthetic import SyntheticSet  # noqa: E402
+from diet_engine.distill.addressing import address  # noqa: E402
+from diet_engine.distill.bilevel import optimise_memory  # noqa: E402
+from diet_engine.distill.influence import Influence  # noqa: E402
+from diet_engine.distill.memory import fuse, fusion_weights, reanchor  # noqa: E402
+from diet_engine.distill.stage import boundary_memory, memory_budget, module_on, target_pool  # noqa: E402
+from diet_engine.distill.unroll import draw_pick, draw_unroll, meta_gradient  # noqa: E402
+from diet_engine.evaluate.bench import DATA_METHODS, BenchConfig, Splits, history_sets, run_cell, summarise  # noqa: E402
+from diet_engine.evaluate.selection import SELECTION_METHODS  # noqa: E402
+from diet_engine.models import MODELS  # noqa: E402
+from diet_engine.models.base import CTRModel, ModelConfig  # noqa: E402
 from diet_engine.train import rowwise_adam  # noqa: E402
+from diet_engine.train.candidate import train_candidate  # noqa: E402
 from diet_engine.train.loops import (  # noqa: E402
     bce, generator, load_optimizer_tensors, make_optimizer, optimizer_tensors, predict_logits, train_real_epoch,
 )
+from diet_engine.train.metrics import mean_auc_torch  # noqa: E402
+from diet_engine.train.reference import continue_reference, new_reference  # noqa: E402
 
 TASKS = ["click", "like", "follow"]
+# the methods the fidelity section can run; "diet" is the set the timed stages distilled
+FIDELITY_METHODS = (*DATA_METHODS, *SELECTION_METHODS, "diet")
 
 
 # --------------------------------------------------------------------------- the stream
@@ -268,8 +284,6 @@ def launch_counts(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, 
 
     Differences of two run lengths, so one-off work (optimiser set-up, the epoch's shuffle) drops out.
     """
-    from diet_engine.train.loops import generator, train_real_epoch
-
     model = copy.deepcopy(ref).to(device)
     opt = make_optimizer(model, ref_cfg.train)
     rows = block.take(torch.arange(min(len(block), 3 * 256))).to(device)
@@ -427,11 +441,46 @@ def candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, devic
     return out
 
 
-def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device, out: Path) -> dict:
-    """torch.profiler over 20 reference steps and 3 eager outer iterations: top kernels and launch counts."""
-    from torch.profiler import ProfilerActivity, profile
+def fidelity_section(
+    out: dict, splits: Splits, checkpoints: list[CTRModel], syn: SyntheticSet, cfg: BenchConfig,
+    over_budget: Callable[[str], bool], on_cell: Callable[[str], None],
+) -> dict:
+    """Every (method, model) cell of `cfg` by the engine bench's protocol, on `cfg.device`, then bench.summarise.
 
-    from diet_engine.train.loops import generator, train_real_epoch
+    Selection sets come from bench.history_sets (checkpoint t scores block t); diet's is `syn`, the timed
+    stages' set. Cells go into `out` as they finish, so `on_cell` (which writes the JSON) keeps each one; a
+    cell over the time budget is skipped, and a method missing a model is left out of the summary.
+    """
+    methods, models = cfg.methods, cfg.models
+    out.update(methods=methods, models=models, seed=cfg.seed, candidate_repeats=cfg.candidate_repeats, sets={},
+               cells={m: {} for m in methods}, cells_skipped=[])
+    built: dict = {}
+    sets = history_sets([m for m in methods if m in SELECTION_METHODS], splits, checkpoints, cfg.ratio, cfg.distill,
+                        cfg.seed, built, cfg.device)
+    if "diet" in methods:
+        sets["diet"] = syn
+    for m, rows in sets.items():
+        out["sets"][m] = {"rows": len(rows), "seconds": built.get(m, {}).get("seconds")}
+    for method in methods:
+        for model in models:
+            if over_budget(f"fidelity {method}/{model}"):
+                out["cells_skipped"].append(f"{method}/{model}")
+                continue
+            out["cells"][method][model] = [run_cell(method, model, splits, checkpoints, sets, cfg, cfg.seed)]
+            on_cell(f"{method}/{model}")
+            if torch.device(cfg.device).type == "cuda":
+                torch.cuda.empty_cache()
+    done = [m for m in methods if len(out["cells"][m]) == len(models)]
+    if done and models:
+        out["summarised"] = done
+        out.update(summarise({m: out["cells"][m] for m in done}, done, models))
+    return out
+
+
+def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device, out: Path) -> dict:
+    """torch.profiler over 20 reference steps and 3 eager outer iterations: top kernels and launch counts, their
+    tables written to the text file `out`."""
+    from torch.profiler import ProfilerActivity, profile
 
     res = {}
     small = block.take(torch.arange(min(len(block), 20 * ref_cfg.train.batch_size))).to(device)
@@ -466,7 +515,7 @@ def profile_phases(ref: CTRModel, block: TensorBlock, syn, dense_prev, pool_emb,
         sync(device)
     text += ["== candidate dcn on the distilled set (model built on the host, 8 epochs, validation each) ==",
              prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)]
-    (out / "profile.txt").write_text("\n".join(text))
+    out.write_text("\n".join(text))
     return res
 
 
@@ -562,8 +611,17 @@ def bilevel_flops(syn, dense_prev, pool_emb, pool_labels, dcfg) -> float:
     return fc.get_total_flops()
 
 
-def write(out: Path, result: dict) -> None:
-    (out / "distill_gpu.json").write_text(json.dumps(result, indent=2, default=float))
+def output_paths(out: Path) -> tuple[Path, Path]:
+    """(JSON, profile text) for --out: a .json file and NAME.profile.txt beside it, else files in that directory."""
+    if out.suffix == ".json":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out, out.with_suffix(".profile.txt")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / "distill_gpu.json", out / "profile.txt"
+
+
+def write(path: Path, result: dict) -> None:
+    path.write_text(json.dumps(result, indent=2, default=float))
 
 
 def fmt(x, unit="", digits=3) -> str:
@@ -616,13 +674,54 @@ def print_table(result: dict) -> None:
             print(f"{name:<10}{ph['full_history']['seconds']:>12.3f}{ph['distilled']['seconds']:>12.3f}{c['distilled_epochs']:>7}"
                   f"{c['ratio_history']:>10.1f}{c['ratio_per_epoch']:>9.1f}{c['ratio_end_to_end']:>7.2f}"
                   f"{c['full_auc']:>9.4f}{c['distilled_auc']:>9.4f}")
+    if result.get("fidelity"):
+        print_fidelity(result["fidelity"])
+    if result.get("stages"):
+        print_targets(result)
     if result.get("floors"):
         print("\nfloors:", json.dumps(result["floors"], default=lambda x: round(x, 4)))
 
 
+def print_fidelity(fid: dict) -> None:
+    """Test AUC per (method, model), and per method τ-b against full, the cold→full gap recovered, set alone."""
+    models = fid["models"]
+    print(f"\nfidelity: bench.run_cell on the generated stream, {fid['candidate_repeats']} candidate(s) a cell, "
+          f"seed {fid['seed']}; test AUC")
+    print(f"{'method':<8}{'set rows':>9}" + "".join(f"{k:>10}" for k in models)
+          + f"{'mean':>8}{'τ-b':>7}{'cold→full':>10}{'set alone':>10}")
+    tau, gap, alone = fid.get("kendall_tau", {}), fid.get("gap_recovered", {}), fid.get("set_alone", {})
+    for method in fid["methods"]:
+        aucs = [fid["cells"][method][k][0]["auc"] if k in fid["cells"][method] else None for k in models]
+        known = [a for a in aucs if a is not None]
+        rows = fid["sets"].get(method, {}).get("rows")
+        print(f"{method:<8}{rows if rows is not None else '':>9}" + "".join(f"{fmt(a, digits=4):>10}" for a in aucs)
+              + f"{fmt(statistics.fmean(known) if known else None, digits=4):>8}{fmt(tau.get(method), digits=2):>7}"
+              + f"{fmt(gap.get(method), digits=2):>10}{fmt(alone.get(method), digits=4):>10}")
+    if fid["cells_skipped"]:
+        print(f"skipped over --budget-s: {', '.join(fid['cells_skipped'])}")
+
+
+def print_targets(result: dict) -> None:
+    """The cost targets against what this run measured (last stage: the full DIET stage)."""
+    last, want = result["stages"][-1], result["targets"]
+    per_epoch = [c["ratio_per_epoch"] for c in result.get("candidates", {}).values()]
+    checks = [
+        ("stage", last["total_s"], want["stage_s"], " s", True),
+        ("stage peak", last["peak_gb"], want["stage_peak_gb"], " GB", True),
+        ("outer iteration", last["bilevel"]["median_iter_s"], want["outer_iter_s"], " s", True),
+        ("reference epoch", last["rows"] / last["phases"]["reference_epoch"]["seconds"] / 1e6,
+         want["reference_rows_per_s"] / 1e6, " M rows/s", False),
+        ("candidate epoch, least x cheaper", min(per_epoch) if per_epoch else None, want["candidate_ratio"], "x", False),
+    ]
+    print("\ntargets (stage " + str(last["stage"]) + "):")
+    for name, got, bound, unit, at_most in checks:
+        verdict = "-" if got is None else ("met" if (got <= bound if at_most else got >= bound) else "NOT met")
+        print(f"  {name:<34}{fmt(got, unit, 4):>14} {'<=' if at_most else '>='} {bound:g}{unit}: {verdict}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="a directory, or a .json file (see above)")
     p.add_argument("--quick", action="store_true", help="small stream and loops (CPU smoke test, well under a minute)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--fields", type=int, default=17)
@@ -656,7 +755,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "row-wise Adam's sorted path) timed on the last block with their test AUC ('' for none)")
     p.add_argument("--eager-iters", type=int, default=15, help="outer iterations timed with cuda_graph off (0: skip)")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables into OUT/profile.txt")
-    p.add_argument("--budget-s", type=float, default=420, help="skip later sections once this much wall time has passed")
+    p.add_argument("--methods", default=",".join(m for m in FIDELITY_METHODS if m != "kmeans"),
+                   help=f"fidelity methods, any of {','.join(FIDELITY_METHODS)} ('' for none; kmeans is off by default: "
+                        "k = 37,500 centroids a 2.5 M-row block, never timed at that size); full is needed for τ, full "
+                        "and cold for the gap recovered")
+    p.add_argument("--repeats", type=int, default=1, help="fidelity candidates per cell (seeds seed, seed+1000, ...)")
+    p.add_argument("--budget-s", type=float, default=500,
+                   help="skip later sections (and fidelity cells) once this much wall time has passed")
     p.add_argument("--seed", type=int, default=0)
     if p.parse_known_args(argv)[0].quick:  # smaller defaults; flags given explicitly still win
         p.set_defaults(
@@ -664,25 +769,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             score_batch=8192, pool_rows=4096, outer_iters=4, inner_steps=4, window=2, inner_batch=64, outer_batch=256,
             ratio=0.02, variants="2048:fp32", eager_iters=0, dim=8, hidden="64,32",
         )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.methods.split(",")) - set(FIDELITY_METHODS) - {""})
+    if unknown:
+        p.error(f"unknown --methods {unknown}; choose from {','.join(FIDELITY_METHODS)}")
+    unknown = sorted(set(args.models.split(",")) - set(MODELS) - {""})
+    if unknown:
+        p.error(f"unknown --models {unknown}; choose from {','.join(MODELS)}")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     t_begin = time.perf_counter()
     device = args.device
-    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, profile_path = output_paths(args.out)
     torch.manual_seed(args.seed)
     cuda = torch.device(device).type == "cuda"
     ref_cfg, dcfg, cand_cfg = configs(args)
     schema = stream_schema(args.fields, args.buckets)
     models = [m for m in args.models.split(",") if m]
+    methods = [m for m in args.methods.split(",") if m]
     phases = Phases(device)
     result: dict = {
         "device": device_info(device), "quick": args.quick,
         "config": {"reference": ref_cfg.model_dump(), "distill": dcfg.model_dump(), "candidate": cand_cfg.model_dump(),
                    "fields": args.fields, "buckets": args.buckets, "block_rows": args.block_rows, "blocks": args.blocks,
-                   "eval_rows": args.eval_rows, "tasks": TASKS, "models": models},
+                   "eval_rows": args.eval_rows, "tasks": TASKS, "models": models, "methods": methods,
+                   "candidate_repeats": args.repeats},
         "targets": {"reference_rows_per_s": 3e6, "outer_iter_s": 0.040, "stage_s": 15.0, "stage_peak_gb": 4.0,
                     "candidate_ratio": 60.0},
         "stages": [], "sections_skipped": [],
@@ -702,12 +818,13 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": total_rows, "history_rows": args.blocks * args.block_rows, "generate_s": time.perf_counter() - t0,
         "label_rates": dict(zip(TASKS, torch.cat([b.labels for b in hist]).mean(0).tolist())),
     }
-    write(args.out, result)
+    write(json_path, result)
 
     # DIET stage by stage
     ref = new_reference(schema, ref_cfg)
     syn, seen = None, 0
     refs_prev = None
+    checkpoints = [ref]  # checkpoint t embeds block t for the fidelity section's selection sets
     for t, block in enumerate(hist, 1):
         early = t < len(hist) and args.early_outer_iters is not None
         cfg_t = dcfg.model_copy(update={"outer_iters": args.early_outer_iters}) if early else dcfg
@@ -716,8 +833,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["stages"].append(rec)
         # checkpoints wait in host memory, as a worker loads them from storage: the next reference epoch
         # copies checkpoint t to the device (inside its timing) and only its dense part stays there
+        if refs_prev is not None:  # its Adam moments are spent: freed now, as before checkpoints were kept
+            refs_prev.optimizer_state = {}
         refs_prev, ref = ref, new_ref.cpu()
-        write(args.out, result)
+        checkpoints.append(ref)
+        write(json_path, result)
         print(f"stage {t}: {rec['total_s']:.2f} s, peak {fmt(rec['peak_gb'], ' GB', 2)}", flush=True)
         if cuda:
             torch.cuda.empty_cache()
@@ -738,14 +858,34 @@ def main(argv: list[str] | None = None) -> dict:
         result["candidates"] = candidates(models, schema, hist, sub, valid, test, ref, syn, cand_cfg, device, phases)
         c = result["candidates"].values()
         result["ratios"] = {k: statistics.fmean(x[k] for x in c) for k in ("ratio_history", "ratio_per_epoch", "ratio_end_to_end")}
-    write(args.out, result)
+    write(json_path, result)
+
+    # fidelity: each method's candidates on the generated stream by the engine bench's protocol, τ against full's
+    # (before the variants and floors: a run over --budget-s skips those first)
+    if methods and models and not over_budget("fidelity"):
+        # the bench's splits live on its device (about 2 GB at full size): moved there now, after the timed stages
+        splits = Splits.in_memory(schema, [b.to(device) for b in hist], sub.to(device), valid, test)
+        # `data` names no file: the stream is generated in memory
+        bench_cfg = BenchConfig(data=json_path, out=json_path.parent, methods=methods, models=models, ratio=args.ratio,
+                                seed=args.seed, candidate_repeats=args.repeats, reference=ref_cfg, candidate=cand_cfg,
+                                distill=dcfg, device=device)
+
+        def cell_done(name: str) -> None:
+            write(json_path, result)
+            print(f"fidelity {name}: {time.perf_counter() - t_begin:.0f} s into the run", flush=True)
+
+        fidelity_section(result.setdefault("fidelity", {}), splits, checkpoints, syn, bench_cfg, over_budget, cell_done)
+        write(json_path, result)
+        del splits  # the later sections measure peaks: the bench's copies of the blocks leave the device
+        if cuda:
+            torch.cuda.empty_cache()
 
     # the same outer iterations without CUDA graphs (the eager loop), for the speed-up
     if args.eager_iters and cuda and not over_budget("bilevel_eager"):
         eager = dcfg.model_copy(update={"cuda_graph": False})
         result["bilevel_eager"] = time_bilevel(syn, dense_prev, pool_emb, pool_labels, eager, args.eager_iters, device)
         result["bilevel_graph"] = time_bilevel(syn, dense_prev, pool_emb, pool_labels, dcfg, args.eager_iters, device)
-        write(args.out, result)
+        write(json_path, result)
 
     # reference epoch: batch size, precision and the row-wise Adam's path against test AUC, same start and block
     result["reference_variants"] = []
@@ -757,7 +897,7 @@ def main(argv: list[str] | None = None) -> dict:
                 reference_variant(spec, refs_prev, last_block, len(hist), ref_cfg, test, device, phases))
         except Exception as exc:  # noqa: BLE001 - one variant must not cost the run the others
             result["reference_variants"].append({"spec": spec, "error": repr(exc)})
-        write(args.out, result)
+        write(json_path, result)
 
     # the lazy Adam's update alone, fused kernel against the sorted path, and both against torch's SparseAdam
     if cuda and not over_budget("rowwise_adam"):
@@ -765,7 +905,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["rowwise_adam"] = rowwise_adam_check(ref, last_block, ref_cfg.train.batch_size, device)
         except Exception as exc:  # noqa: BLE001
             result["rowwise_adam_error"] = repr(exc)
-        write(args.out, result)
+        write(json_path, result)
 
     # floors: compute and memory traffic against what this device measured
     try:
@@ -791,18 +931,19 @@ def main(argv: list[str] | None = None) -> dict:
             ref, last_block, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device)
     except Exception as exc:  # noqa: BLE001
         result["launches_error"] = repr(exc)
-    write(args.out, result)
+    write(json_path, result)
 
     if args.profile and cuda and not over_budget("profile"):
         try:
-            result["profile"] = profile_phases(ref, last_block, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device, args.out)
+            result["profile"] = profile_phases(ref, last_block, syn, dense_prev, pool_emb, pool_labels, ref_cfg, dcfg, device,
+                                               profile_path)
         except Exception as exc:  # noqa: BLE001
             result["profile_error"] = repr(exc)
-        write(args.out, result)
+        write(json_path, result)
 
     result["elapsed_s"] = time.perf_counter() - t_begin
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    write(args.out, result)
+    write(json_path, result)
     print_table(result)
     return result
 

@@ -10,9 +10,15 @@
 from diet_client.client import DietClient
 from diet_client.errors import ApiError, ChecksumMismatch, DietError, ServiceUnreachable, WaitTimeout
 from diet_client.models import (
+    Alias,
+    Aliases,
+    AliasMove,
     Artifact,
     Block,
     BlockRef,
+    DatasetDiff,
+    Deletion,
+    GcReport,
     Job,
     JobStatus,
     Liveness,
@@ -22,11 +28,13 @@ from diet_client.models import (
     PulledDataset,
     PulledFile,
     Readiness,
+    Retention,
     Stream,
     Upload,
 )
 
 __all__ = [
+    "Alias", "Aliases", "AliasMove", "DatasetDiff", "Deletion", "GcReport", "Retention",
     "ApiError", "Artifact", "Block", "BlockRef", "ChecksumMismatch", "DietClient", "DietError", "Job", "JobStatus",
     "Liveness", "Manifest", "Page", "Progress", "PulledDataset", "PulledFile", "Readiness", "ServiceUnreachable", "Stream",
     "Upload", "WaitTimeout",

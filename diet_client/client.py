@@ -20,10 +20,16 @@ from pydantic import BaseModel
 
 from diet_client.errors import ApiError, ChecksumMismatch, ServiceUnreachable, WaitTimeout
 from diet_client.models import (
+    Alias,
+    Aliases,
+    AliasMove,
     Artifact,
     Audit,
     AuditIn,
     Block,
+    DatasetDiff,
+    Deletion,
+    GcReport,
     Delivery,
     EvaluationBlocks,
     Job,
@@ -34,6 +40,7 @@ from diet_client.models import (
     PulledDataset,
     PulledFile,
     Readiness,
+    Retention,
     Stream,
     Upload,
     Webhook,
@@ -46,6 +53,7 @@ PARQUET = "application/vnd.apache.parquet"
 # A block is schema-checked as a whole before the service answers: give big uploads time for that.
 UPLOAD_TIMEOUT = httpx.Timeout(30.0, read=600.0)
 
+PULLED = "pulled.json"  # {"requested": "STREAM@prod", "version": "STREAM@v3"}, written by `pull`
 M = TypeVar("M", bound=BaseModel)
 PullProgress = Callable[[str, int, int], None]  # (file name, bytes done, bytes in all)
 
@@ -155,6 +163,13 @@ class DietClient:
 
     def block(self, block_id: int) -> Block:
         return self._model(Block, "GET", f"/blocks/{block_id}")
+
+    def delete_block(self, block_id: int) -> Deletion:
+        """Soft-delete a block whose stage is distilled (admin); retired once its grace period is over."""
+        return self._model(Deletion, "DELETE", f"/blocks/{block_id}")
+
+    def restore_block(self, block_id: int) -> Block:
+        return self._model(Block, "POST", f"/blocks/{block_id}/restore")
 
     # ------------------------------------------------------------------ jobs
 
@@ -273,8 +288,52 @@ class DietClient:
         return self._page(Manifest, "/datasets", {"stream": stream, "limit": limit, "offset": offset})
 
     def dataset(self, version: str) -> Manifest:
-        """The manifest of `STREAM@vN` or `STREAM@latest`."""
+        """The manifest of `STREAM@vN`, `STREAM@latest`, `STREAM@ALIAS` or `STREAM@sha256:DIGEST`; its
+        `version` is the concrete `STREAM@vN` the reference resolved to."""
         return self._model(Manifest, "GET", f"/datasets/{version}")
+
+    def diff(self, a: str, b: str) -> DatasetDiff:
+        """What changed from version `a` to `b`: rows by stage of origin, label balance, drift, config, lineage."""
+        return self._model(DatasetDiff, "GET", f"/datasets/{a}/diff/{b}")
+
+    def delete_dataset(self, version: str) -> Deletion:
+        """Soft-delete a version (admin); ApiError(409) names what still needs it."""
+        return self._model(Deletion, "DELETE", f"/datasets/{version}")
+
+    def restore_dataset(self, version: str) -> Manifest:
+        """Undo a deletion within its grace period (`STREAM@vN`)."""
+        return self._model(Manifest, "POST", f"/datasets/{version}/restore")
+
+    # ------------------------------------------------------------------ aliases
+
+    def set_alias(self, stream: str, name: str, version: int) -> Alias:
+        """Point `STREAM@name` at `STREAM@v{version}` (publish scope)."""
+        return self._model(Alias, "PUT", f"/datasets/{stream}/aliases/{name}", json={"version": version})
+
+    def remove_alias(self, stream: str, name: str) -> AliasMove:
+        return self._model(AliasMove, "DELETE", f"/datasets/{stream}/aliases/{name}")
+
+    def aliases(self, stream: str) -> Aliases:
+        """The stream's aliases with their history (and removed aliases' history)."""
+        return self._model(Aliases, "GET", f"/datasets/{stream}/aliases")
+
+    # ------------------------------------------------------------------ retention
+
+    def retention(self, stream: str) -> Retention:
+        return self._model(Retention, "GET", f"/streams/{stream}/retention")
+
+    def set_retention(
+        self, stream: str, *, keep_last: int | None = None, keep_days: int | None = None, grace_s: int | None = None
+    ) -> Retention:
+        """Set the stream's retention policy (admin); None limits do not limit."""
+        body: dict[str, Any] = {"keep_last": keep_last, "keep_days": keep_days}
+        if grace_s is not None:
+            body["grace_s"] = grace_s
+        return self._model(Retention, "PUT", f"/streams/{stream}/retention", json=body)
+
+    def gc(self, stream: str, *, dry_run: bool = False) -> GcReport:
+        """Apply the retention policy and purge what is past its grace period (with `dry_run`: only say what would go)."""
+        return self._model(GcReport, "POST", f"/streams/{stream}/gc", params={"dry_run": str(dry_run).lower()})
 
     def report(self, version: str) -> str:
         """The version's HTML report (lineage, sizes, label balance, loss curves)."""
@@ -327,6 +386,8 @@ class DietClient:
                 self.download(manifest.version, artifact.name, to / artifact.name, artifact=artifact,
                               on_progress=progress)  # fmt: skip
             )
+        # What the reference resolved to, beside the files: load_dataset(to, version=<reference>) checks it.
+        (to / PULLED).write_text(json.dumps({"requested": version, "version": manifest.version}) + "\n")
         return PulledDataset(version=manifest.version, directory=to, files=files)
 
     # ------------------------------------------------------------------ plumbing

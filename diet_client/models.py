@@ -47,6 +47,7 @@ class Block(_Answer):
     time_max: datetime | None
     label_rates: dict[str, float]
     created_at: datetime
+    retired_at: datetime | None = None  # its bytes were freed; its digest and stats stay
 
 
 class Upload(BaseModel):
@@ -169,6 +170,160 @@ class PulledDataset(BaseModel):
     version: str
     directory: Path
     files: list[PulledFile]
+
+
+# --------------------------------------------------------------------------- aliases
+
+
+class AliasIn(BaseModel):
+    """PUT /datasets/{stream}/aliases/{name}: the version number the alias is to point at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, le=2**31 - 1, description="N of STREAM@vN")
+
+
+class AliasMove(_Answer):
+    """One move of an alias: set (`from_version` null), moved, or removed (`to_version` null)."""
+
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str  # the token's name
+    at: datetime
+
+
+class Alias(_Answer):
+    stream: str
+    name: str
+    version: str  # STREAM@vN it resolves to now
+    number: int
+    moved_by: str
+    moved_at: datetime
+    history: list[AliasMove]  # its moves, oldest first
+
+
+class Aliases(_Answer):
+    stream: str
+    aliases: list[Alias]
+    removed: list[AliasMove]  # the history of aliases that no longer exist, oldest first
+
+
+# --------------------------------------------------------------------------- retention and deletion
+
+SEVEN_DAYS_S = 7 * 86400
+
+
+class RetentionIn(BaseModel):
+    """PUT /streams/{name}/retention. Null limits do not limit; with both null every version is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_last: int | None = Field(default=None, ge=0, le=2**31 - 1, description="keep the newest N versions")
+    keep_days: int | None = Field(default=None, ge=0, le=36500, description="keep versions younger than D days")
+    grace_s: int = Field(
+        default=SEVEN_DAYS_S, ge=0, le=10 * 365 * 86400,
+        description="seconds a deleted version or block stays restorable before its blobs are freed",
+    )  # fmt: skip
+
+
+class Retention(_Answer):
+    stream: str
+    keep_last: int | None
+    keep_days: int | None
+    grace_s: int
+    updated_by: str
+    updated_at: datetime
+
+
+class GcItem(_Answer):
+    version: str
+    reasons: list[str]
+
+
+class GcReport(_Answer):
+    """What a collection did (or, with `dry_run`, would do)."""
+
+    stream: str
+    dry_run: bool
+    policy: Retention | None
+    deleted: list[GcItem]  # versions the policy lets go, soft-deleted now (restorable for the grace period)
+    kept: list[GcItem]  # live versions kept, and why
+    purged_versions: list[str]  # deleted versions past their grace period: blobs freed
+    purged_blocks: list[int]  # deleted blocks past their grace period: retired (digest and stats kept)
+    freed_bytes: int
+
+
+class Deletion(_Answer):
+    """A soft deletion: hidden now, restorable until `purge_after`, then its blobs are freed."""
+
+    deleted: str  # STREAM@vN, or block N
+    deleted_at: datetime
+    deleted_by: str
+    purge_after: datetime
+    restore: str  # path to POST to undo it
+
+
+# --------------------------------------------------------------------------- diff
+
+
+class StageRows(_Answer):
+    stage: int
+    rows_a: int
+    rows_b: int
+    kept: int
+    added: int
+    dropped: int
+
+
+class TaskBalance(_Answer):
+    task: str
+    a: float | None
+    b: float | None
+    change: float | None
+
+
+class Drift(_Answer):
+    rows: int
+    mean: float | None
+    p95: float | None
+    max: float | None
+
+
+class ConfigChange(_Answer):
+    key: str
+    a: Any = None
+    b: Any = None
+
+
+class LineageDiff(_Answer):
+    common_ancestor: str | None
+    a_is_ancestor_of_b: bool
+    b_is_ancestor_of_a: bool
+    only_a: list[str]
+    only_b: list[str]
+    blocks_only_a: list[int]
+    blocks_only_b: list[int]
+    blocks_shared: list[int]
+
+
+class DatasetDiff(_Answer):
+    """GET /datasets/{a}/diff/{b}: what changed from version a to version b (both named as resolved)."""
+
+    a: str
+    b: str
+    anchored: bool  # rows carry the real row they started from, so kept rows can be matched
+    rows_a: int
+    rows_b: int
+    kept: int
+    added: int
+    dropped: int
+    by_stage: list[StageRows]  # by stage of origin
+    label_balance: list[TaskBalance]  # mean soft label per task
+    comparable_embeddings: bool
+    drift: Drift  # L2 shift of the kept rows' embeddings
+    config: list[ConfigChange]
+    lineage: LineageDiff
 
 
 # ---------------------------------------------------------------- webhooks

@@ -20,7 +20,7 @@ from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
-from service.routes import audits, blocks, datasets, health, reports, streams
+from service.routes import aliases, audits, blocks, datasets, diff, health, lifecycle, reports, streams
 from service.routes import webhooks as webhook_routes
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/blocks",
     )
     # audits before jobs: /jobs/audit is not a job id
-    for module in (health, streams, blocks, audits, job_routes, datasets, reports, webhook_routes):
+    for module in (health, streams, blocks, audits, job_routes, datasets, aliases, diff, lifecycle, reports, webhook_routes):
         app.include_router(module.router, responses=problems.RESPONSES)
     return app
 

@@ -70,7 +70,7 @@ def _registry() -> Iterator[Session]:
 
 @tokens_app.command("create")
 def tokens_create(
-    scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read, webhooks or admin; repeat for several")],
+    scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read, publish (aliases), webhooks or admin; repeat for several")],
     name: Annotated[str, typer.Option(help="who or what the token is for")] = "cli",
     expires_in: Annotated[
         str | None, typer.Option("--expires-in", help="lifetime, e.g. 90s, 15m, 12h, 30d, 2w [default: never]")

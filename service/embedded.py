@@ -31,6 +31,7 @@ class EmbeddedWorker:
             "--pool=solo", "--concurrency=1", f"--queues={settings.queue},{settings.queue}.webhooks",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             f"--loglevel={settings.log_level}", "--hostname=diet-embedded@%h",
+            "--beat",  # the only worker of this service: it also sends the periodic retention sweep
         ]  # fmt: skip
         # The child reads the same DIET_* variables; the data dir is made absolute so both agree.
         self.env = {**os.environ, "DIET_DATA_DIR": str(settings.data_dir)}

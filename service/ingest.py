@@ -126,6 +126,10 @@ def register(
 
 
 def _same_bytes(block: Block, stage: int | None) -> Block:
+    if block.purged_at is not None:
+        raise Problem(409, f"these bytes were block {block.id} (stage {block.stage}), which is retired", title="Block retired")
+    if block.deleted_at is not None:
+        raise Problem(409, f"these bytes are block {block.id}, deleted: restore it with POST /blocks/{block.id}/restore")
     if stage is not None and stage != block.stage:
         raise Problem(409, f"these bytes are already block {block.id}, at stage {block.stage}, not {stage}")
     return block

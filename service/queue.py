@@ -16,6 +16,7 @@ from kombu import Producer
 from service.settings import Settings
 
 DISTILL_TASK = "diet.distill"
+SWEEP_TASK = "diet.sweep"
 AUDIT_TASK = "diet.audit"
 WEBHOOK_TASK = "diet.webhook"
 
@@ -55,6 +56,15 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
         # The folder broker has no broadcast; remote control is only useful with Redis anyway.
         worker_enable_remote_control=not settings.uses_folder_broker,
+        # Retention (worker/sweep.py), sent by the one beat of a deployment; the schedule file is its memory.
+        # A sweep still queued when the next is sent (the workers busy with long stages) is dropped: one is enough.
+        beat_schedule={
+            "retention-sweep": {
+                "task": SWEEP_TASK, "schedule": settings.sweep_s,
+                "options": {"queue": settings.queue, "expires": settings.sweep_s},
+            }
+        },
+        beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
     )
     return app
 

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     tmp_max_age_s: float = Field(
         default=3600.0, ge=0, description="a temporary blob untouched this long was left by a dead writer: deleted"
     )
+    deletion_grace_s: int = Field(
+        default=7 * 86400, ge=0, description="how long a deleted version or block stays restorable (streams without a retention policy)"
+    )
+    sweep_s: float = Field(
+        default=3600.0, gt=0, description="how often the worker's beat applies retention policies and purges"
+    )
     webhook_max_attempts: int = Field(default=6, ge=1, le=50, description="tries of a delivery before it is failed")
     webhook_backoff_s: float = Field(default=5.0, gt=0, description="wait before a delivery's first retry; doubles per retry")
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="longest wait for a receiver's answer")

@@ -3,6 +3,7 @@
 Run one worker per GPU (pin it with CUDA_VISIBLE_DEVICES):
 
     celery -A worker.app worker --pool=solo --concurrency=1
+    celery -A worker.app beat       # exactly one per deployment: sends the periodic retention sweep
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from service.settings import get_settings
 from service.queue import make_celery, prepare_broker
 from worker.scratch import sweep_abandoned
 
-app = make_celery(get_settings(), include=["worker.tasks", "worker.audit", "worker.webhooks"])
+app = make_celery(get_settings(), include=["worker.tasks", "worker.sweep", "worker.audit", "worker.webhooks"])
+# A beat started with this app (`beat`, `worker --beat`) keeps its schedule file in the data directory.
+get_settings().data_dir.mkdir(parents=True, exist_ok=True)
 
 
 @setup_logging.connect

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from diet_client.cli.common import LimitOption, OffsetOption, Service, human_bytes, service_command, show_progress, stdout
 from diet_client.cli.progress import transfer_bars
-from diet_client.models import Block, Page, Upload
+from diet_client.models import Block, Deletion, Page, Upload
 
 app = typer.Typer(help="Blocks: one Parquet file of a stream's logs per stage.", no_args_is_help=True)
 
@@ -81,3 +81,26 @@ def _row(b: Block) -> list[str]:
     when = [f"{t:%Y-%m-%d %H:%M}" if t else "" for t in (b.time_min, b.time_max)]
     rates = " ".join(f"{k} {v:.3f}" for k, v in b.label_rates.items())
     return [str(b.id), b.stream, str(b.stage), str(b.rows), human_bytes(b.bytes), *when, rates, b.sha256[:12] + "…"]
+
+
+BlockIdArgument = Annotated[int, typer.Argument(min=1, help="the block's id")]
+
+
+@app.command("rm")
+@service_command
+def remove(block_id: BlockIdArgument, *, service: Service) -> None:
+    """Delete a block whose stage is distilled (admin); once the grace period is over it is retired: its bytes
+    are freed, its sha256 and stats stay."""
+    service.fetch(lambda diet: diet.delete_block(block_id), _print_deletion)
+
+
+@app.command("restore")
+@service_command
+def restore(block_id: BlockIdArgument, *, service: Service) -> None:
+    """Undo a block's deletion while its grace period lasts."""
+    service.fetch(lambda diet: diet.restore_block(block_id),
+                  lambda b: stdout().print(f"block {b.id} (stage {b.stage}) restored"))  # fmt: skip
+
+
+def _print_deletion(d: Deletion) -> None:
+    stdout().print(f"{d.deleted} deleted; restorable until {d.purge_after:%Y-%m-%d %H:%M:%S} UTC ({d.restore})")

@@ -1,4 +1,5 @@
-"""`diet datasets ls|show|pull|report`: find, fetch and look at distilled dataset versions.
+"""`diet datasets ls|show|pull|report|diff|rm|restore` and `diet datasets alias ...`: find, fetch, compare,
+name and delete distilled dataset versions.
 
 `diet datasets export` is added to this group by service/cli.py: it converts with the engine, which
 the bare client does not install.
@@ -21,12 +22,17 @@ from diet_client.cli.common import (
     show_progress,
     stdout,
 )
+from diet_client.cli import aliases
 from diet_client.cli.progress import transfer_bars
-from diet_client.models import Manifest, Page, PulledDataset
+from diet_client.models import DatasetDiff, Deletion, Manifest, Page, PulledDataset
 
-app = typer.Typer(help="Distilled dataset versions: STREAM@vN or STREAM@latest.", no_args_is_help=True)
+app = typer.Typer(
+    help="Distilled dataset versions: STREAM@vN, STREAM@latest, STREAM@ALIAS or STREAM@sha256:DIGEST.",
+    no_args_is_help=True,
+)
+app.add_typer(aliases.app, name="alias")
 
-VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN or STREAM@latest")]
+VersionArgument = Annotated[str, typer.Argument(help="STREAM@vN, STREAM@latest, STREAM@ALIAS or STREAM@sha256:DIGEST")]
 
 
 @app.command("ls")
@@ -64,7 +70,8 @@ def pull(
         manifest = diet.dataset(version)
         folder = to or Path(manifest.version.replace("@", "-"))
         with transfer_bars(show_progress(service.as_json)) as progress:
-            pulled = diet.pull(manifest.version, folder, on_progress=progress)
+            # As asked (an alias, `latest`): pulled.json records it, for load_dataset(folder, version=...).
+            pulled = diet.pull(version, folder, on_progress=progress)
     service.print(pulled, _print_pulled)
 
 
@@ -78,7 +85,7 @@ def report(
     *,
     service: Service,
 ) -> None:
-    """Save a version's HTML report: lineage, sizes, label balance and distillation loss curves."""
+    """Save a version's HTML report: lineage, sizes, label balance, loss curves and the diff against its parent."""
     with service.connect() as diet:
         label = diet.dataset(version).version
         html = diet.report(label)
@@ -121,3 +128,55 @@ def _print_pulled(pulled: PulledDataset) -> None:
         out.print(f"{f.path}  {human_bytes(f.bytes)}  sha256 {f.sha256[:12]}… verified{how}")
     out.print(f"{pulled.version} -> {pulled.directory}  (load it: diet_engine.load_dataset({str(pulled.directory)!r}))")
 
+
+@app.command("diff")
+@service_command
+def diff(a: VersionArgument, b: VersionArgument, *, service: Service) -> None:
+    """What changed from A to B: rows kept, added and dropped by stage of origin, label balance, drift, config."""
+    service.fetch(lambda diet: diet.diff(a, b), _print_diff)
+
+
+@app.command("rm")
+@service_command
+def remove(version: VersionArgument, *, service: Service) -> None:
+    """Delete a version (admin): hidden now, restorable until its grace period ends, then its files are freed.
+    Refused while an alias, a queued job or the next stage needs it."""
+    service.fetch(lambda diet: diet.delete_dataset(version), _print_deletion)
+
+
+@app.command("restore")
+@service_command
+def restore(version: Annotated[str, typer.Argument(help="STREAM@vN")], *, service: Service) -> None:
+    """Undo a deletion while its grace period lasts."""
+    service.fetch(lambda diet: diet.restore_dataset(version), lambda m: stdout().print(f"{m.version} restored"))
+
+
+def _print_deletion(d: Deletion) -> None:
+    stdout().print(f"{d.deleted} deleted; restorable until {d.purge_after:%Y-%m-%d %H:%M:%S} UTC "
+                   f"(diet datasets restore {d.deleted})")  # fmt: skip
+
+
+def _print_diff(d: DatasetDiff) -> None:
+    out = stdout()
+    out.print(f"{d.a} -> {d.b}: {d.rows_a} -> {d.rows_b} rows; {d.kept} kept, {d.added} added, {d.dropped} dropped"
+              + ("" if d.anchored else " (no anchors: rows cannot be matched)"))  # fmt: skip
+    rows = Table("stage of origin", f"rows in {d.a}", f"rows in {d.b}", "kept", "added", "dropped")
+    for s in d.by_stage:
+        rows.add_row(str(s.stage), str(s.rows_a), str(s.rows_b), str(s.kept), str(s.added), str(s.dropped))
+    out.print(rows)
+    balance = Table("task", f"soft label {d.a}", f"soft label {d.b}", "change")
+    for t in d.label_balance:
+        balance.add_row(t.task, _rate(t.a), _rate(t.b), "-" if t.change is None else f"{t.change:+.4f}")
+    out.print(balance)
+    if d.drift.mean is not None:
+        out.print(f"drift of the {d.drift.rows} kept rows (L2): mean {d.drift.mean:.4f}, p95 {d.drift.p95:.4f}, "
+                  f"max {d.drift.max:.4f}")  # fmt: skip
+    for c in d.config:
+        out.print(f"config {c.key}: {c.a!r} -> {c.b!r}")
+    lineage = d.lineage
+    out.print(f"lineage: common ancestor {lineage.common_ancestor or '-'}; new blocks in {d.b}: "
+              f"{', '.join(map(str, lineage.blocks_only_b)) or 'none'}")  # fmt: skip
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

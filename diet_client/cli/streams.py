@@ -1,4 +1,4 @@
-"""`diet streams create|ls|show` and `diet status`."""
+"""`diet streams create|ls|show|retention|gc` and `diet status`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.table import Table
 
 from diet_client.cli.common import ExitCode, Service, emit_json, fail, parse_json_or_file, service_command, stdout
 from diet_client.errors import ApiError
-from diet_client.models import Readiness, Stream
+from diet_client.models import GcReport, Readiness, Retention, Stream
 
 app = typer.Typer(help="Log streams: a schema, a reference model and distillation defaults.", no_args_is_help=True)
 
@@ -114,3 +114,54 @@ def status(*, service: Service) -> None:
 
 def _print_ready(url: str) -> Callable[[Readiness], None]:
     return lambda ready: stdout().print(f"{url}: {ready.status} (" + ", ".join(f"{k} {v}" for k, v in ready.checks.items()) + ")")
+
+
+@app.command("retention")
+@service_command
+def retention(
+    name: Annotated[str, typer.Argument(help="the stream")],
+    keep_last: Annotated[int | None, typer.Option(min=0, help="keep the newest N versions")] = None,
+    keep_days: Annotated[int | None, typer.Option(min=0, help="keep versions younger than D days")] = None,
+    grace: Annotated[int | None, typer.Option(min=0, help="seconds a deleted version stays restorable")] = None,
+    *,
+    service: Service,
+) -> None:
+    """Show the stream's retention policy or, with --keep-last/--keep-days/--grace, set it (admin)."""
+
+    def call(diet):  # type: ignore[no-untyped-def]
+        if keep_last is None and keep_days is None and grace is None:
+            return diet.retention(name)
+        return diet.set_retention(name, keep_last=keep_last, keep_days=keep_days, grace_s=grace)
+
+    service.fetch(call, _print_retention)
+
+
+@app.command("gc")
+@service_command
+def collect(
+    name: Annotated[str, typer.Argument(help="the stream")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what would be deleted and freed")] = False,
+    *,
+    service: Service,
+) -> None:
+    """Apply the retention policy now and free the files of deletions past their grace period (admin)."""
+    service.fetch(lambda diet: diet.gc(name, dry_run=dry_run), _print_gc)
+
+
+def _print_retention(policy: Retention) -> None:
+    last = "-" if policy.keep_last is None else str(policy.keep_last)
+    days = "-" if policy.keep_days is None else str(policy.keep_days)
+    stdout().print(f"{policy.stream}: keep_last {last}, keep_days {days}, grace {policy.grace_s} s "
+                   f"(set by {policy.updated_by} at {policy.updated_at:%Y-%m-%d %H:%M})")  # fmt: skip
+
+
+def _print_gc(report: GcReport) -> None:
+    out = stdout()
+    verb = "would delete" if report.dry_run else "deleted"
+    for item in report.deleted:
+        out.print(f"{verb} {item.version}: {'; '.join(item.reasons)}")
+    for item in report.kept:
+        out.print(f"kept {item.version}: {'; '.join(item.reasons)}")
+    purged = [*report.purged_versions, *(f"block {b}" for b in report.purged_blocks)]
+    freed = "would free" if report.dry_run else "freed"
+    out.print(f"{freed} {report.freed_bytes} bytes" + (f" ({', '.join(purged)})" if purged else ""))

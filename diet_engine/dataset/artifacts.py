@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,7 @@ def _column_matrix(table: pa.Table, name: str, dtype: type) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(table.num_rows, width)
 
 
-def load_synthetic(path: Path) -> tuple[SyntheticSet, list[str]]:
+def load_synthetic(path: Path | IO[bytes]) -> tuple[SyntheticSet, list[str]]:
     table = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     f, d, tasks = int(meta["diet.fields"]), int(meta["diet.dim"]), json.loads(meta["diet.tasks"])

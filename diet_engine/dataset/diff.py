@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -39,8 +39,11 @@ class DiffSide:
     lineage: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, label: str, synthetic_path: str | Path, manifest: dict[str, Any], lineage: list[str]) -> DiffSide:
-        syn, tasks = load_synthetic(Path(synthetic_path))
+    def load(
+        cls, label: str, synthetic: str | Path | IO[bytes], manifest: dict[str, Any], lineage: list[str]
+    ) -> DiffSide:
+        """A side from its synthetic.parquet (a path or an open file) and its manifest."""
+        syn, tasks = load_synthetic(Path(synthetic) if isinstance(synthetic, str) else synthetic)
         return cls(label, syn, tasks, manifest.get("config", {}), manifest.get("blocks", []), lineage)
 
     @property

@@ -26,6 +26,7 @@ from diet_engine.models.base import CTRModel
 from diet_engine.data.schema import StreamSchema
 
 MANIFEST = "manifest.json"
+PULLED = "pulled.json"  # what `diet datasets pull` was asked for and what it resolved to
 
 
 class DistilledDataset(Dataset[dict[str, torch.Tensor]]):
@@ -54,6 +55,7 @@ class DistilledDataset(Dataset[dict[str, torch.Tensor]]):
 
     @property
     def version(self) -> str | None:
+        """The concrete STREAM@vN (also when it was pulled by alias, `latest` or digest)."""
         return self.manifest["version"] if self.manifest else None
 
     def __len__(self) -> int:
@@ -69,11 +71,14 @@ class DistilledDataset(Dataset[dict[str, torch.Tensor]]):
         }
 
 
-def load_dataset(directory: str | Path, *, verify: bool = True) -> DistilledDataset:
+def load_dataset(directory: str | Path, *, verify: bool = True, version: str | None = None) -> DistilledDataset:
     """A pulled version (synthetic.parquet, reference.safetensors, manifest.json) as a torch Dataset.
 
     With `verify`, each data file is checked against the sha256 that manifest.json gives it
     (when manifest.json is there): a torn or edited file is refused rather than trained on.
+    `version`, when given, is the version the caller means to load, named as the service names
+    versions: `STREAM@vN`, `STREAM@sha256:DIGEST` (of manifest.json), or the alias or `latest`
+    it was pulled as (`STREAM@prod`, recorded by the pull in pulled.json); another one is refused.
     """
     directory = Path(directory)
     missing = [name for name in (SYNTHETIC, REFERENCE) if not (directory / name).is_file()]
@@ -81,7 +86,32 @@ def load_dataset(directory: str | Path, *, verify: bool = True) -> DistilledData
         raise FileNotFoundError(f"{directory} lacks {', '.join(missing)}: is it what `diet datasets pull` wrote?")
     if verify and (directory / MANIFEST).is_file():
         _verify(directory, json.loads((directory / MANIFEST).read_text()))
+    if version is not None:
+        _check_version(directory, version)
     return DistilledDataset(directory)
+
+
+def _check_version(directory: Path, wanted: str) -> None:
+    if not (directory / MANIFEST).is_file():
+        raise ValueError(f"{directory} has no manifest.json, so it cannot be checked to be {wanted}")
+    concrete = json.loads((directory / MANIFEST).read_text())["version"]
+    names = {concrete, f"{concrete.split('@')[0]}@sha256:{_sha256(directory / MANIFEST)}"}
+    if (directory / PULLED).is_file():
+        pulled = json.loads((directory / PULLED).read_text())
+        if pulled.get("version") == concrete:
+            names.add(pulled.get("requested"))
+    if wanted not in names:
+        raise ValueError(
+            f"{directory} holds {concrete}, not {wanted}: pull {wanted} again (aliases move; `latest` does)"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _verify(directory: Path, manifest: dict[str, Any]) -> None:
@@ -89,11 +119,7 @@ def _verify(directory: Path, manifest: dict[str, Any]) -> None:
         path = directory / artifact["name"]
         if not path.is_file():
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != artifact["sha256"]:
+        if _sha256(path) != artifact["sha256"]:
             raise ValueError(f"{path} does not match the sha256 in manifest.json; pull the version again")
 
 

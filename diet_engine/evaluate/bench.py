@@ -27,7 +27,7 @@ from diet_engine.data.convert.ml_100k import ML100K_SCHEMA, convert_ml100k, is_m
 from diet_engine.data.convert.ml_1m import ML1M_SCHEMA, convert_ml1m, is_ml1m_dir
 from diet_engine.data.convert.splits import load_split_dir
 from diet_engine.data.blocks import Block, TensorBlock
-from diet_engine.distill.stage import distill_in_memory
+from diet_engine.distill.stage import distill_in_memory, module_on
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
 from diet_engine.train.reference import continue_reference, new_reference
@@ -86,6 +86,15 @@ class Splits:
         self.valid = load(layout.valid)
         self.test = load(layout.test)
 
+    @classmethod
+    def in_memory(
+        cls, schema: StreamSchema, history: list[TensorBlock], subsequent: TensorBlock, valid: TensorBlock, test: TensorBlock,
+    ) -> "Splits":
+        """Splits of blocks already in memory (a generated stream): nothing read from disk."""
+        splits = cls.__new__(cls)
+        splits.schema, splits.history, splits.subsequent, splits.valid, splits.test = schema, list(history), subsequent, valid, test
+        return splits
+
     @property
     def history_rows(self) -> int:
         return sum(len(b) for b in self.history)
@@ -117,12 +126,16 @@ def history_sets(
     methods: list[str], splits: Splits, refs: list[CTRModel], ratio: float, distill: DistillConfig, seed: int,
     phases: dict, device: str = "cpu",
 ) -> dict[str, SyntheticSet]:
-    """The history each reduced-data method hands a candidate, built stage by stage."""
+    """The history each reduced-data method hands a candidate, built stage by stage.
+
+    On `device`; a checkpoint held elsewhere (a benchmark keeps them in host memory) is copied there for its block.
+    """
     sets: dict[str, SyntheticSet] = {}
     for method in methods:
         if method in SELECTION_METHODS:
             t0 = time.perf_counter()
-            parts = [selected_rows(method, refs[t], block, t, ratio, seed, device) for t, block in enumerate(splits.history, 1)]
+            parts = [selected_rows(method, module_on(refs[t], device), block, t, ratio, seed, device)
+                     for t, block in enumerate(splits.history, 1)]
             sets[method] = SyntheticSet.concat(parts)
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
         elif method in DIET_VARIANTS:

@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from diet_engine.dataset.diff import VersionDiff
 from diet_engine.evaluate import plots as report_plots
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ class Report(BaseModel):
     curves: list[LossCurve] = Field(default_factory=list)
     evaluation: Evaluation | None = None
     config: dict[str, Any] | None = None
+    diff: VersionDiff | None = None  # against the parent version
+    diff_note: str | None = None  # why there is no diff, when there is a parent
     audits: list[AuditRow] = Field(default_factory=list)  # oldest version first
     audit_threshold: float | None = None
 
@@ -169,12 +172,15 @@ def dataset_report(
     lineage: Sequence[dict[str, Any]],
     block_label_rates: dict[int, dict[str, float]],
     distilled: SoftLabelRates,
+    diff: VersionDiff | None = None,
+    diff_note: str | None = None,
     audits: Sequence[AuditRow] = (),
     audit_threshold: float | None = None,
 ) -> Report:
     """The report of a dataset version from its manifests (its ancestors first, itself last),
-    the label rates of the real blocks by stage, the soft label rates of its synthetic rows, and the
-    stream's audited versions (τ over time, flagged below `audit_threshold`)."""
+    the label rates of the real blocks by stage, the soft label rates of its synthetic rows and,
+    when given, its diff against its parent (diet_engine.dataset.diff) and the stream's audited
+    versions (τ over time, flagged below `audit_threshold`)."""
     if not lineage:
         raise ValueError("a dataset report needs at least the version's own manifest")
     version = lineage[-1]
@@ -222,8 +228,8 @@ def dataset_report(
         title=f"DIET dataset {version['version']}",
         subtitle=f"stream {version.get('stream', '?')}, stage {version['stage']}, job {version.get('job', '?')}",
         facts=facts, tasks=distilled.tasks, temperature=distilled.temperature, lineage=rows, balance=balance,
-        curves=curves, evaluation=None, config=version.get("config"), audits=list(audits),
-        audit_threshold=audit_threshold,
+        curves=curves, evaluation=None, config=version.get("config"), diff=diff, diff_note=diff_note,
+        audits=list(audits), audit_threshold=audit_threshold,
     )  # fmt: skip
 
 
@@ -325,6 +331,7 @@ def render(report: Report, generated: datetime | None = None) -> str:
         _lineage(report.lineage),
         _balance(report.balance, report.tasks, report.temperature),
         _curves(report.curves),
+        _diff(report.diff, report.diff_note),
         _evaluation(report.evaluation),
         _audits(report.audits, report.audit_threshold),
         _config(report.config),
@@ -383,6 +390,38 @@ def _balance(balance: list[StageBalance], tasks: list[str], temperature: float) 
         "trained on them is taught), not a hard 0/1 threshold.</p>" + plot + _table(head, body, text_columns=2)
         + "</section>"
     )
+
+
+def _diff(diff: VersionDiff | None, note: str | None) -> str:
+    if diff is None:
+        return f'<section id="diff"><h2>Changes since the parent</h2><p class="note">{_e(note)}</p></section>' if note else ""
+    rows = [[s.stage, _int(s.rows_a), _int(s.rows_b), _int(s.kept), _int(s.added), _int(s.dropped)] for s in diff.by_stage]
+    rows.append(["all", _int(diff.rows_a), _int(diff.rows_b), _int(diff.kept), _int(diff.added), _int(diff.dropped)])
+    balance = [[t.task, _rate(t.a), _rate(t.b), "–" if t.change is None else f"{t.change:+.3f}"] for t in diff.label_balance]
+    drift = diff.drift
+    drift_text = (
+        f"{drift.rows:,} kept rows moved by {drift.mean:.4f} on average, {drift.p95:.4f} at the 95th percentile, "
+        f"{drift.max:.4f} at most (L2 norm of the change of the row's embedding)."
+        if drift.mean is not None and drift.p95 is not None and drift.max is not None
+        else "No kept rows to measure drift on."
+    )
+    config = [[c.key, json.dumps(c.a), json.dumps(c.b)] for c in diff.config]
+    lineage = diff.lineage
+    blocks = (
+        f"Blocks seen by both: stages {', '.join(map(str, lineage.blocks_shared)) or 'none'}; "
+        f"new in {diff.b}: {', '.join(map(str, lineage.blocks_only_b)) or 'none'}."
+    )
+    return (
+        f'<section id="diff"><h2>Changes since the parent</h2><p class="note">From {_e(diff.a)} to {_e(diff.b)}. '
+        "Rows are matched by stage of origin and the real row they started from"
+        + ("" if diff.anchored else " (these sets carry no anchors: no row is matched)") + ". "
+        + _e(drift_text) + " " + _e(blocks) + "</p>"
+        + _table(["stage of origin", f"rows in {diff.a}", f"rows in {diff.b}", "kept", "added", "dropped"], rows)
+        + _table(["task", f"mean soft label {diff.a}", f"mean soft label {diff.b}", "change"], balance)
+        + (_table(["config key", diff.a, diff.b], config, text_columns=3) if config else
+           '<p class="note">Same configuration.</p>')
+        + "</section>"
+    )  # fmt: skip
 
 
 def _curves(curves: list[LossCurve]) -> str:

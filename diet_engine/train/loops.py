@@ -360,7 +360,7 @@ def lookup_rows(model: CTRModel, block: TensorBlock, device: str = "cpu") -> Ten
 
 def evaluate(model: CTRModel, block: TensorBlock, device: str = "cpu") -> TaskMetrics:
     probs = torch.sigmoid(predict_logits(model, block, device)).numpy()
-    return task_metrics(block.labels.numpy(), probs, model.schema.labels)
+    return task_metrics(block.labels.cpu().numpy(), probs, model.schema.labels)  # a test split may live on the GPU
 
 
 def el2n_scores(logits: Tensor, labels: Tensor) -> Tensor:

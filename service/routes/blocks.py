@@ -25,7 +25,7 @@ PARQUET_TYPES = {"application/vnd.apache.parquet", "application/octet-stream"}
 
 
 def block_out(block: Block) -> wire.Block:
-    return from_row(wire.Block, block, stream=block.stream.name)
+    return from_row(wire.Block, block, stream=block.stream.name, retired_at=block.purged_at)
 
 
 @router.post(
@@ -94,4 +94,6 @@ def get_block(block_id: Id, session: SessionDep) -> wire.Block:
     block = blocks.get(session, block_id)
     if block is None:
         raise Problem(404, f"no block with id {block_id}")
+    if block.deleted_at is not None and block.purged_at is None:
+        raise Problem(404, f"block {block.id} was deleted; restore it with POST /blocks/{block.id}/restore")
     return block_out(block)

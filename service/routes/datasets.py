@@ -1,4 +1,4 @@
-"""GET /datasets, GET /datasets/{STREAM@vN|STREAM@latest}, and artifact downloads."""
+"""GET /datasets, GET /datasets/{STREAM@vN|@latest|@ALIAS|@sha256:DIGEST}, and artifact downloads."""
 
 from __future__ import annotations
 
@@ -16,30 +16,60 @@ from service.manifest import MEDIA_TYPES, manifest
 from service.pages import MAX_ID, PagingDep, page_out
 from service.problems import Problem
 from service.ranges import byte_range
-from service.registry import datasets
+from service.registry import aliases, datasets
 from service.registry.tables import DatasetVersion
 from service.routes.streams import find_stream, stream_filter
 
 router = APIRouter(tags=["datasets"])
 
-_VERSION = re.compile(r"^(?P<stream>[A-Za-z_][A-Za-z0-9_]{0,63})@(?:v(?P<number>[1-9][0-9]*)|latest)$")
+_VERSION = re.compile(
+    r"^(?P<stream>[A-Za-z_][A-Za-z0-9_]{0,63})@(?:v(?P<number>[1-9][0-9]*)|(?P<latest>latest)"
+    rf"|sha256:(?P<digest>[0-9a-f]{{64}})|(?P<alias>{aliases.NAME}))$"
+)
+VERSION_FORMS = "STREAM@vN, STREAM@latest, STREAM@ALIAS or STREAM@sha256:DIGEST (of its manifest.json)"
+# Every read of a version names the concrete version it resolved to (files and pages have no body to say it in).
+RESOLVED_HEADER = "Diet-Version"
 
 
-def find_version(session: Session, version: str) -> DatasetVersion:
+def find_version(session: Session, version: str, *, include_deleted: bool = False) -> DatasetVersion:
+    """The version a reference names: vN, latest, an alias or a manifest digest.
+
+    Deleted versions are found only by number and only with `include_deleted` (restore); otherwise
+    they are a 404 that says how to restore them, or a 410 once their files are freed.
+    """
     match = _VERSION.match(version)
-    if match is None:
-        raise Problem(422, f"{version!r} is not a version: write STREAM@vN or STREAM@latest", title="Invalid version")
+    if match is None or (match["alias"] and aliases.name_problem(match["alias"])):  # v0, v01: no version, no alias
+        raise Problem(422, f"{version!r} is not a version: write {VERSION_FORMS}", title="Invalid version")
     stream = find_stream(session, match["stream"])
-    if match["number"] is None:
+    if match["latest"]:
         found = datasets.latest(session, stream.id)
         if found is None:
             raise Problem(404, f"stream {stream.name!r} has no dataset version yet")
         return found
+    if match["alias"]:
+        alias = aliases.get(session, stream.id, match["alias"])
+        if alias is None:
+            raise Problem(404, f"stream {stream.name!r} has no alias {match['alias']!r} (GET /datasets/{stream.name}/aliases)")
+        return alias.version
+    if match["digest"]:
+        by_digest = datasets.by_manifest_digest(session, stream.id, match["digest"])
+        if by_digest is None:
+            raise Problem(404, f"no version of {stream.name!r} has a manifest with sha256 {match['digest']}")
+        return by_digest
     number = int(match["number"])
     found = datasets.get(session, stream.id, number) if number <= MAX_ID else None  # past any column's range
     if found is None:
         raise Problem(404, f"no dataset version {version}")
+    if found.deleted_at is not None and not include_deleted:
+        when = f"{found.deleted_at:%Y-%m-%d %H:%M:%S} UTC by {found.deleted_by}"
+        if found.purged_at is not None:
+            raise Problem(410, f"{found.label} was deleted at {when} and its files were freed")
+        raise Problem(404, f"{found.label} was deleted at {when}; restore it with POST /datasets/{found.label}/restore")
     return found
+
+
+def resolved(found: DatasetVersion) -> dict[str, str]:
+    return {RESOLVED_HEADER: found.label}
 
 
 @router.get("/datasets", response_model=Page[Manifest], dependencies=[Depends(require("read"))])
@@ -56,8 +86,11 @@ def list_datasets(
 
 
 @router.get("/datasets/{version}", response_model=Manifest, dependencies=[Depends(require("read"))])
-def get_dataset(version: str, session: SessionDep) -> Manifest:
-    return manifest(find_version(session, version))
+def get_dataset(version: str, session: SessionDep, response: Response) -> Manifest:
+    """The manifest of a version, named any of the ways `find_version` takes; `version` in it is the one resolved."""
+    found = find_version(session, version)
+    response.headers.update(resolved(found))
+    return manifest(found)
 
 
 @router.get("/datasets/{version}/files/{name}", dependencies=[Depends(require("read"))])
@@ -67,6 +100,7 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     # A session of its own, closed before streaming: a download must not hold a registry transaction.
     with db.read_session() as session:
         found = find_version(session, version)
+        resolved_label = resolved(found)
         artifact = next((a for a in found.artifacts if a["name"] == name), None)
         if artifact is None:
             names = ", ".join(a["name"] for a in found.artifacts)
@@ -75,9 +109,11 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     size = artifact["bytes"]
     etag = f'"{artifact["sha256"]}"'
     headers = {
+        **resolved_label,
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Cache-Control": "private, max-age=31536000, immutable",  # versions never change
+        # versions never change, but an alias or `latest` may name another one tomorrow
+        "Cache-Control": "private, max-age=31536000, immutable" if _pinned(version) else "private, no-cache",
         "Content-Disposition": f'attachment; filename="{name}"',
     }
     if _matches(request.headers.get("if-none-match"), etag):
@@ -94,6 +130,11 @@ def download(version: str, name: str, request: Request, db: DatabaseDep, storage
     return StreamingResponse(
         storage.iter_bytes(artifact["key"], first, last), status_code=status, headers=headers, media_type=media_type
     )
+
+
+def _pinned(version: str) -> bool:
+    match = _VERSION.match(version)
+    return match is not None and bool(match["number"] or match["digest"])
 
 
 def _matches(if_none_match: str | None, etag: str) -> bool:

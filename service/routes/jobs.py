@@ -107,13 +107,17 @@ def create_distill_job(
     body: DistillRequest, session: SessionDep, celery: CeleryDep, metrics: MetricsDep, response: Response
 ) -> wire.Job:
     stream = find_stream(session, body.stream)
-    block = blocks.by_stage(session, stream.id, body.stage)
+    # Locked: a deletion of the block waits for this job to be recorded, and then sees it.
+    block = blocks.by_stage(session, stream.id, body.stage, lock=True)
     if block is None:
         raise Problem(
             409,
             f"stage {body.stage} of {stream.name!r} has no block: upload it with POST /blocks?stream={stream.name}",
             title="Block missing",
         )
+    if block.deleted_at is not None:
+        state = "retired (its bytes were freed)" if block.purged_at is not None else "deleted"
+        raise Problem(409, f"block {block.id} of stage {body.stage} is {state}", title="Block deleted")
     existing = jobs.active_for_stage(session, stream.id, body.stage)
     if existing is not None:
         return _same_request(existing, body, response)

@@ -14,12 +14,13 @@ from fastapi.responses import HTMLResponse
 
 from diet_engine.dataset.artifacts import SYNTHETIC
 from diet_engine.evaluate.report import AuditRow, dataset_report, render, synthetic_label_rates
+from service import diffs
 from service.auth import require
 from service.deps import DatabaseDep, StorageDep
 from service.manifest import manifest
 from service.registry import audits, blocks
 from service.registry.tables import Audit
-from service.routes.datasets import find_version
+from service.routes.datasets import RESOLVED_HEADER, find_version
 
 router = APIRouter(tags=["datasets"])
 
@@ -37,9 +38,18 @@ HEADERS = {
     responses={200: {"content": {"text/html": {}}, "description": "a self-contained HTML page"}},
 )
 def report(version: str, db: DatabaseDep, storage: StorageDep) -> HTMLResponse:
+    """The version's page; with a parent, it shows the diff against it (rows kept, added, dropped, drift)."""
     # The registry's part first, in a session of its own, closed before the file is read and the page drawn.
     with db.read_session() as session:
         found = find_version(session, version)
+        label = found.label
+        own_side = diffs.side_of(found)
+        parent_side, diff_note = None, None
+        if found.parent is not None:
+            if found.parent.purged_at is None:
+                parent_side = diffs.side_of(found.parent)
+            else:
+                diff_note = f"{found.parent.label} was purged: its rows are gone, so there is no diff against it."
         lineage: list[dict[str, Any]] = []
         current = found
         while current is not None:
@@ -57,8 +67,10 @@ def report(version: str, db: DatabaseDep, storage: StorageDep) -> HTMLResponse:
         temperature = float(found.config.get("distill", {}).get("temperature", 1.0))  # as the soft labels were made
     with storage.open(synthetic_key) as fh:
         distilled = synthetic_label_rates(fh, temperature)
-    page = dataset_report(lineage, label_rates, distilled, audit_rows, threshold)
-    return HTMLResponse(render(page), headers=HEADERS)
+    diff = diffs.compare(storage, parent_side, own_side) if parent_side is not None else None
+    page = render(dataset_report(lineage, label_rates, distilled, diff=diff, diff_note=diff_note,
+                                 audits=audit_rows, audit_threshold=threshold))  # fmt: skip
+    return HTMLResponse(page, headers={**HEADERS, RESOLVED_HEADER: label})
 
 
 def audit_row(audit: Audit, threshold: float | None) -> AuditRow:

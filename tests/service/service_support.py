@@ -176,12 +176,14 @@ def start_api(env: dict[str, str], log_dir: Path, processes: list[Process], name
     return api, base_url
 
 
-def worker_process(name: str, env: dict[str, str], log_dir: Path) -> Process:
-    """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers."""
+def worker_process(name: str, env: dict[str, str], log_dir: Path, *, beat: bool = False) -> Process:
+    """A Celery worker as deployed (one job at a time); no gossip, mingle or remote control with other tests' workers.
+
+    With `beat`, it also runs the beat that sends the periodic retention sweep (every DIET_SWEEP_S)."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo", "--concurrency=1",
         f"--queues={env['DIET_QUEUE']},{env['DIET_QUEUE']}.webhooks", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip", "--without-mingle", "--without-heartbeat", *(["--beat"] if beat else []),
     ]  # fmt: skip
     return Process(name, command, env, log_dir)
 

@@ -169,3 +169,25 @@ def _t(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_moving_an_alias_emits_alias_moved(service, admin, ml100k_dir, ml100k_schema, receiver):
+    """Set, then remove: one delivery each, naming the versions (a version row made as the worker makes one)."""
+    from test_audits import _fake_version
+
+    assert admin.post("/streams", json={"name": "aliased", "schema": ml100k_schema}).status_code in (200, 201)
+    uploaded = admin.post("/blocks", params={"stream": "aliased"}, content=(ml100k_dir / "b1.parquet").read_bytes(),
+                          headers=PARQUET)  # fmt: skip
+    assert uploaded.status_code in (200, 201), uploaded.text
+    db = Database(service.settings.database_url)
+    try:
+        _fake_version(db, "aliased", 1, 1)
+    finally:
+        db.dispose()
+    hook = admin.post("/webhooks", json={"stream": "aliased", "url": receiver.url, "events": ["alias.moved"], "secret": SECRET}).json()
+    assert admin.put("/datasets/aliased/aliases/prod", json={"version": 1}).status_code == 201
+    assert admin.delete("/datasets/aliased/aliases/prod").status_code == 200
+    removed, moved = admin.get(f"/webhooks/{hook['id']}/deliveries").json()["items"]  # newest first
+    assert moved["event"] == removed["event"] == "alias.moved"
+    assert {k: moved["payload"]["data"][k] for k in ("alias", "from", "to")} == {"alias": "prod", "from": None, "to": "aliased@v1"}
+    assert {k: removed["payload"]["data"][k] for k in ("alias", "from", "to")} == {"alias": "prod", "from": "aliased@v1", "to": None}

@@ -75,6 +75,25 @@ def test_a_version_page_holds_every_section_and_nothing_external(tmp_path):
     assert external == []
 
 
+def test_a_version_page_shows_its_diff_against_the_parent():
+    from diet_engine.dataset.diff import DiffSide, diff_versions
+
+    g = torch.Generator().manual_seed(0)
+    parent = SyntheticSet(torch.randn(4, 3, 2, generator=g), torch.randn(4, 2, generator=g), torch.ones(4, dtype=torch.long),
+                          torch.arange(12).reshape(4, 3), torch.zeros(4, 0))  # fmt: skip
+    child = parent.take(torch.tensor([0, 2]))
+    child.emb = child.emb + 1.0
+    diff = diff_versions(DiffSide("s@v1", parent, ["like", "love"], {"distill": {"temperature": 1.0}}),
+                         DiffSide("s@v2", child, ["like", "love"], {"distill": {"temperature": 2.0}}))  # fmt: skip
+    distilled = soft_label_rates(np.array([1] * 2), np.zeros((2, 2)), ["like", "love"])
+    page = render(dataset_report([manifest(1), manifest(2)], {}, distilled, diff=diff))
+    assert '<section id="diff">' in page and "From s@v1 to s@v2" in page
+    assert f"2 kept rows moved by {diff.drift.mean:.4f} on average" in page and "distill.temperature" in page
+    purged = render(dataset_report([manifest(1), manifest(2)], {}, distilled, diff_note="s@v1 was purged"))
+    assert '<section id="diff">' in purged and "s@v1 was purged" in purged
+    assert 'id="diff"' not in render(dataset_report([manifest(1)], {}, distilled))
+
+
 def test_bench_writes_report_html_that_chromium_renders(tiny_stream, tmp_path):
     _, root = tiny_stream
     methods = ["full", "cold", "random", "diet"]
@@ -107,7 +126,7 @@ def test_a_version_page_plots_tau_over_the_audited_versions_and_flags_the_low_on
         AuditRow(version="s@v1", kendall_tau=0.8, top1_regret=0.0, mean_auc=0.71, full_mean_auc=0.72, alarm=False),
         AuditRow(version="s@v2", kendall_tau=0.2, top1_regret=0.0125, mean_auc=0.69, full_mean_auc=0.72, alarm=True),
     ]
-    page = render(dataset_report([manifest(1)], {1: {"like": 0.5, "love": 0.2}}, distilled, audits, 0.6))
+    page = render(dataset_report([manifest(1)], {1: {"like": 0.5, "love": 0.2}}, distilled, audits=audits, audit_threshold=0.6))
     assert '<section id="audits">' in page and "threshold is τ = 0.6" in page
     assert page.count("<svg") == 4  # τ over the audited versions beside the others
     assert page.count("τ below threshold") == 1 and "+0.20" in page and "0.0125" in page
