@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One lent-GPU call: carried wheels installed, the GPU tests, then a sweep spec on ML-1M (converted under .data/).
-#   bash benchmarks/gpu_round.sh SPEC OUTNAME [SEEDS] [JOBS]
+#   [POOL=p15] bash benchmarks/gpu_round.sh SPEC OUTNAME [SEEDS] [JOBS]
 set -uo pipefail
 spec=$1; name=$2; seeds=${3:-3}; jobs=${4:-16}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -14,7 +14,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 tests=$!
 start=$(date +%s)
 SWEEP_JOB_TIMEOUT_S=${SWEEP_JOB_TIMEOUT_S:-400} timeout ${SWEEP_WALL_S:-540} python3 benchmarks/sweep.py "$spec" --data .data/ml-1m --out /tmp/sweep \
-  --seeds "$seeds" --jobs "$jobs" ${MODELS:+--models $MODELS} | tee "$out/$name.txt"
+  --seeds "$seeds" --jobs "$jobs" --pool "${POOL:-p5}" ${MODELS:+--models $MODELS} | tee "$out/$name.txt"
+# a sweep stopped at its wall limit: summarise what finished
+test -f /tmp/sweep/sweep.json || python3 benchmarks/sweep.py "$spec" --data .data/ml-1m --out /tmp/sweep --seeds "$seeds" \
+  --pool "${POOL:-p5}" --merge-only | tee -a "$out/$name.txt"
 echo "sweep wall $(( $(date +%s) - start )) s" | tee -a "$out/$name.txt"
 wait $tests
 cp /tmp/sweep/sweep.json "$out/$name.json" 2>/dev/null || echo "no sweep.json (the sweep was stopped)"

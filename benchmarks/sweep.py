@@ -1,6 +1,6 @@
 """Run several `diet bench` configurations × seeds as parallel processes and compare them.
 
-    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0]
+    python benchmarks/sweep.py SPEC.json --data DIR --out OUT [--jobs 16] [--seeds 3] [--first-seed 0] [--pool p15]
 
 SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`; with
 `"groups": ["full,cold", "diet"]` instead of "methods", each group of methods runs as its own process
@@ -8,8 +8,9 @@ and `"with": "OTHER"` merges in OTHER's cells of the methods this one does not r
 start do not depend on the reference, so several configurations can share them);
 (one GPU takes many such processes at once: each is bound by its own kernel launches). Each
 (name, group, seed) runs as its own single-threaded process; results are merged per name into the
-bench's summary (means over seeds, Kendall τ, gap recovered), printed as one table of mean AUC per
-method and written to OUT/sweep.json.
+bench's summary (bench.summarise: means over seeds and the fidelity statistics of evaluate/fidelity.py,
+exactly as one multi-seed `diet bench` computes them), printed as one table per configuration and
+written to OUT/sweep.json.
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diet_engine.evaluate.bench import mean_known, summarise  # noqa: E402
+from diet_engine.evaluate.report import interval_text, share_text, signed_text  # noqa: E402
 from diet_engine.models import MODELS  # noqa: E402
 
 
 TIMEOUT_S = float(os.environ.get("SWEEP_JOB_TIMEOUT_S", "3600"))
 
 
-def run_one(name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str) -> tuple[str, int, Path, float, int]:
+def run_one(
+    name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str, pool: str
+) -> tuple[str, int, Path, float, int]:
     run_dir = out / f"{name}-g{group}-s{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     cfg_file.write_text(json.dumps(spec.get("config", {})))
     cmd = [sys.executable, "-m", "diet_engine", "bench", "--data", str(data), "--out", str(run_dir),
-           "--methods", groups_of(spec)[group], "--models", models, "--seed", str(seed), "--seeds", "1",
+           "--methods", groups_of(spec)[group], "--models", models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
            "--ratio", str(spec.get("ratio", 0.02)), "--config", str(cfg_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DIET_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -55,25 +59,69 @@ def groups_of(spec: dict) -> list[str]:
     return spec.get("groups") or [spec["methods"]]
 
 
-def merge(runs: list[tuple[int, dict]], models: list[str]) -> dict:
-    """One summary of runs (seed, results.json), each holding some methods of one seed."""
+def merge(runs: list[tuple[int, dict]]) -> dict:
+    """Runs (seed, results.json), each holding some methods of some seeds (a method group, or cells borrowed
+    from another configuration), merged as one multi-seed bench run would summarise them: every method's
+    cells seed by seed, then bench.summarise. Only seeds that every method has count (a failed group's
+    seed is listed under `incomplete_seeds`): the statistics compare methods on the same seeds."""
     methods = list(dict.fromkeys(m for _, res in runs for m in res["results"]))
-    cells = {m: {k: [] for k in models} for m in methods}
-    for _, res in sorted(runs, key=lambda r: r[0]):
-        for m in res["results"]:
-            for k in models:
-                c = res["results"][m][k]
-                cells[m][k].append({"auc": c["auc"], "logloss": c["logloss"], "train_seconds": c["train_seconds"],
-                                    "history_rows": c["history_rows"],
-                                    "auc_repeats": c.get("auc_repeats", [[c["auc"]]])[0],  # one seed a run
-                                    "distilled_valid_auc": [c.get("distilled_valid_auc")]})
-    return summarise(cells, methods, models)
+    first = runs[0][1]
+    candidates = first.get("candidates") or list(first["config"]["models"])
+    by_seed: dict[str, dict[int, dict[str, dict]]] = {m: {} for m in methods}  # method -> seed -> candidate -> cell
+    for _, res in runs:
+        for m, row in res["results"].items():
+            for i, seed in enumerate(res["seeds"]):
+                by_seed[m][seed] = {k: seed_cell(row[k], i) for k in candidates}
+    every = set.intersection(*(set(per) for per in by_seed.values()))
+    seeds = sorted(every)
+    cells = {m: {k: [by_seed[m][s][k] for s in seeds] for k in candidates} for m in methods}
+    incomplete = sorted(set().union(*(set(per) for per in by_seed.values())) - every)
+    out = {"dataset": first["dataset"], "ratio": first["ratio"], "pool": first.get("pool", "p5"), "seeds": seeds,
+           "incomplete_seeds": incomplete, **summarise(cells, methods, candidates)}
+    defaults = [k for k in candidates if k in MODELS]
+    if out["pool"] == "p15" and len(defaults) > 1:  # P15 holds P5 (the default sizes): its statistics too
+        out["p5"] = {"pool": "p5", "seeds": seeds, **summarise({m: {k: cells[m][k] for k in defaults} for m in methods},
+                                                               methods, defaults)}
+    return out
+
+
+def seed_cell(cell: dict, i: int) -> dict:
+    """Seed number i of a results.json cell, as bench.run_cell returned it (what bench.summarise reads)."""
+    return {"auc": cell["auc_seeds"][i], "logloss": cell["logloss_seeds"][i], "train_seconds": cell["train_seconds"],
+            "history_rows": cell["history_rows"], "auc_repeats": cell.get("auc_repeats", [[cell["auc"]]])[i],
+            "distilled_valid_auc": [cell.get("distilled_valid_auc")],
+            "set_only_auc": cell.get("set_only_auc_seeds", [cell.get("set_only_auc")])[i]}  # fmt: skip
 
 
 def set_valid(row: dict, models: list[str]) -> str:
     """Mean over models of the best validation AUC the set alone gave (methods with a set only)."""
     mean = mean_known(row[m].get("distilled_valid_auc") for m in models)
     return "-" if mean is None else f"{mean:.4f}"
+
+
+def print_summary(name: str, res: dict) -> None:
+    """One line per method: the pool's AUCs, their mean ± std over seeds and the fidelity statistics."""
+    candidates = res["candidates"]
+    print(f"{name} (pool {res['pool'].upper()}, seeds {res['seeds']})")
+    print(f"  {'method':<11}" + " ".join(f"{c:>10}" for c in candidates) + "   mean±std(seeds)   τ [90 %]            "
+          "ρ [90 %]            regret  cold→  warm→  set alone  set valid")
+    for method, row in res["results"].items():
+        n = len(row[candidates[0]]["auc_seeds"])
+        per_seed = [sum(row[c]["auc_seeds"][i] for c in candidates) / len(candidates) for i in range(n)]
+        mean = sum(per_seed) / n
+        std = (sum((x - mean) ** 2 for x in per_seed) / n) ** 0.5
+        alone = res["set_alone"].get(method)
+        print(f"  {method:<11}" + " ".join(f"{row[c]['auc']:10.4f}" for c in candidates)
+              + f"   {mean:.4f}±{std:.4f}   "
+              + f"{interval_text(res['kendall_tau'].get(method), res['kendall_tau_interval'].get(method)):<19} "
+              + f"{interval_text(res['spearman_rho'].get(method), res['spearman_rho_interval'].get(method)):<19} "
+              + f"{res['top1_regret'].get(method, float('nan')):.4f}  "
+              + f"{share_text(res['gap_recovered'].get(method)):>5}  {share_text(res['warmup_gap_recovered'].get(method)):>5}  "
+              + f"{'-' if alone is None else f'{alone:.4f}':>9}  {set_valid(row, candidates):>9}")
+    ceiling = res.get("noise_ceiling")
+    if ceiling:
+        print(f"  noise ceiling (full's own, disjoint halves of the seeds): τ {signed_text(ceiling['kendall_tau'])}, "
+              f"ρ {signed_text(ceiling['spearman_rho'])}")
 
 
 def main() -> int:
@@ -85,11 +133,11 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds-1 (fresh seeds check a choice out of sample)")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--pool", default="p5", choices=["p5", "p15"], help="candidate pool (diet bench --pool)")
     ap.add_argument("--merge-only", action="store_true",
                     help="run nothing: merge the runs already under OUT (a sweep stopped before its end)")
     args = ap.parse_args()
     specs = json.loads(args.spec.read_text())
-    models = args.models.split(",")
     jobs = [(n, s, g, seed) for n, s in specs.items() for g in range(len(groups_of(s)))
             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     if args.merge_only:  # each run dir that holds a results.json counts as done, the others as failed
@@ -97,7 +145,7 @@ def main() -> int:
                 for n, s, g, seed in jobs for d in [args.out / f"{n}-g{g}-s{seed}"]]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
-            done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models), jobs))
+            done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models, args.pool), jobs))
     merged, failures, loaded = {}, [], {}
     for n, seed, run_dir, seconds, rc in done:
         if rc != 0:
@@ -115,19 +163,13 @@ def main() -> int:
                 if borrowed:
                     runs.append((seed, {**res, "results": borrowed}))
         if runs:
-            merged[name] = {**merge(runs, models), "wall_seconds": [r["wall_seconds"] for _, r in runs],
+            merged[name] = {**merge(runs), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}
     (args.out / "sweep.json").write_text(json.dumps(merged, indent=2))
-    print(f"{'config':<18} {'method':<8} " + " ".join(f"{m:>9}" for m in models) + "   mean±std(seeds)   tau    gap  set-valid")
     for name, res in merged.items():
-        for method, row in res["results"].items():
-            per_seed = [sum(row[m]["auc_seeds"][i] for m in models) / len(models) for i in range(len(row[models[0]]["auc_seeds"]))]
-            mean = sum(per_seed) / len(per_seed)
-            std = (sum((x - mean) ** 2 for x in per_seed) / len(per_seed)) ** 0.5
-            tau = res["kendall_tau"].get(method, float("nan"))
-            gap = res["gap_recovered"].get(method, float("nan"))
-            print(f"{name:<18} {method:<8} " + " ".join(f"{row[m]['auc']:9.4f}" for m in models)
-                  + f"   {mean:.4f}±{std:.4f}   {tau:+.2f}  {gap:+.2f}  {set_valid(row, models)}")
+        print_summary(name, res)
+        if "p5" in res:
+            print_summary(f"{name} (its P5 members)", res["p5"])
     for f in failures:
         print("FAILED", f)
     return 1 if failures else 0

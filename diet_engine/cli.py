@@ -100,7 +100,9 @@ def bench(
     data: Path = typer.Option(..., help="a converted stream directory, or the raw ML-100K or ML-1M folder"),
     out: Path = typer.Option(Path("bench-out"), help="where results.json goes"),
     methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet and the ablations diet_no_mf,diet_no_ts,diet_no_ms,diet_none"),
-    models: str = typer.Option("dcn,dcnv2,finalmlp,finalnet,wukong", help="comma-separated model names"),
+    models: str = typer.Option("dcn,dcnv2,finalmlp,finalnet,wukong", help="comma-separated architectures the pool is made of"),
+    pool: str = typer.Option("p5", help="candidate pool: p5 (each architecture at its default size) or p15 "
+                                        "(small, default and large dense parts: NAME-s, NAME, NAME-l)"),
     ratio: float = typer.Option(0.02, help="history kept by reduced-data methods, as a share of historical rows"),
     seed: int = typer.Option(0, help="first seed"),
     seeds: int = typer.Option(1, min=1, help="seeds per cell; results are mean ± std"),
@@ -108,46 +110,77 @@ def bench(
     config: Path | None = typer.Option(None, help="JSON with reference/candidate/distill overrides"),
     device: str = typer.Option("cpu", help="where every phase runs: cpu, cuda, cuda:N"),
 ) -> None:
-    """Train every (method, model) cell, test it, print the table and write results.json."""
+    """Train every (method, candidate) cell, test it, print the tables and write results.json."""
     from diet_engine.evaluate.bench import BenchConfig, run_bench
+    from diet_engine.evaluate.pool import POOL_SIZES, POOLS
 
+    if pool not in POOLS:
+        raise typer.BadParameter(f"{pool!r} is not one of {', '.join(POOLS)}", param_hint="--pool")
     # the --config file's values win over the options' (benchmarks/sweep.py passes device, repeats … there)
     options = {"candidate_repeats": candidate_repeats, "device": device}
     extra = {**options, **(json.loads(config.read_text()) if config else {})}
-    cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models),
+    cfg = BenchConfig(data=data, out=out, methods=_csv_list(methods), models=_csv_list(models), pool=pool,
                       ratio=ratio, seed=seed, seeds=seeds, **extra)
-    total = len(cfg.methods) * len(cfg.models) * cfg.seeds
+    total = len(cfg.methods) * len(cfg.models) * len(POOL_SIZES[cfg.pool]) * cfg.seeds
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("training candidates", total=total)
         result = run_bench(cfg, on_cell=lambda name: bar.update(task, advance=1, description=name))
+    candidates = result["candidates"]
     # wide enough for one line per method even when stdout is not a terminal
-    Console(width=max(console.width, 86 + 26 * len(cfg.models))).print(results_table(result, cfg.models))
+    Console(width=max(console.width, 20 + 26 * len(candidates))).print(results_table(result, candidates))
+    Console(width=max(console.width, 150)).print(fidelity_table(result))
     console.print(f"results: {cfg.out / 'results.json'}   report: {cfg.out / 'report.html'}")
 
 
-def results_table(result: dict, models: list[str]) -> Table:
-    from diet_engine.evaluate.report import tau_text
+def results_table(result: dict, candidates: list[str]) -> Table:
+    """Test AUC / LogLoss of every (method, candidate) cell, mean ± std over seeds."""
     seeds = len(result["seeds"])
-    table = Table(title=f"{result['dataset']}: test AUC / LogLoss (ratio {result['ratio']:.2%}, {seeds} seed(s))")
+    table = Table(title=f"{result['dataset']}: test AUC / LogLoss (ratio {result['ratio']:.2%}, "
+                        f"pool {result.get('pool', 'p5').upper()}, {seeds} seed(s))")
     table.add_column("method")
-    for m in models:
+    for m in candidates:
         table.add_column(m, justify="right")
-    table.add_column("mean AUC", justify="right")
-    table.add_column("τ vs full [90 %]", justify="right")  # the interval: candidates resampled (bench.tau_interval)
-    table.add_column("gap rec.", justify="right")
-    table.add_column("set alone", justify="right")  # test AUC after the distilled phase, before the fine-tune
     for method, row in result["results"].items():
         cells = []
-        for m in models:
+        for m in candidates:
             c = row[m]
             spread = f"±{c['auc_std']:.4f}" if seeds > 1 else ""
             cells.append(f"{c['auc']:.4f}{spread} / {c['logloss']:.4f}")
-        mean = sum(row[m]["auc"] for m in models) / len(models)
-        tau = result["kendall_tau"].get(method)
-        gap = result["gap_recovered"].get(method)
-        alone = result.get("set_alone", {}).get(method)
-        table.add_row(method, *cells, f"{mean:.4f}", tau_text(tau, result.get("kendall_tau_interval", {}).get(method)),
-                      "" if gap is None else f"{gap:+.2f}",
-                      "" if alone is None else f"{alone:.4f}")
+        table.add_row(method, *cells)
     return table
+
+
+def fidelity_table(result: dict) -> Table:
+    """Per method, how it ranks the pool against full data (evaluate/fidelity.py), with the noise ceiling."""
+    from diet_engine.evaluate.report import share_text, signed_text
+
+    ceiling = result.get("noise_ceiling")
+    caption = ("noise ceiling (full data's own τ / ρ between disjoint halves of the seeds): "
+               f"τ {signed_text(ceiling.get('kendall_tau'))}, ρ {signed_text(ceiling.get('spearman_rho'))}"
+               if ceiling else "noise ceiling: needs 2 seeds or more")
+    caption += "; *: interval stretched to reach its point (evaluate/fidelity.bootstrap_intervals)"
+    table = Table(title=f"fidelity over pool {result.get('pool', 'p5').upper()} ({len(result['candidates'])} candidates)",
+                  caption=caption)
+    for name in ("method", "mean AUC", "τ vs full [90 %]", "ρ vs full [90 %]", "top-1 regret",
+                 "cold→full rec.", "warmup→full rec.", "set alone"):
+        table.add_column(name, justify="left" if name == "method" else "right")
+    for method in result["results"]:
+        regret = result.get("top1_regret", {}).get(method)
+        alone = result.get("set_alone", {}).get(method)
+        table.add_row(
+            method, f"{result['mean_auc'][method]:.4f}", _statistic_text(result, "kendall_tau", method),
+            _statistic_text(result, "spearman_rho", method),
+            "" if regret is None else f"{regret:.4f}",
+            share_text(result["gap_recovered"].get(method)), share_text(result["warmup_gap_recovered"].get(method)),
+            "" if alone is None else f"{alone:.4f}",
+        )
+    return table
+
+
+def _statistic_text(result: dict, name: str, method: str) -> str:
+    """A rank statistic with its interval, starred where the interval was stretched to reach its point."""
+    from diet_engine.evaluate.report import interval_text
+
+    text = interval_text(result[name].get(method), result[f"{name}_interval"].get(method))
+    return text + (" *" if name in result.get("interval_widened", {}).get(method, []) else "")

@@ -5,8 +5,8 @@ For each model of a candidate pool, two cells are trained by the benchmark's own
 has seen, then the subsequent block, from scratch (the bench's `full`); `version` from the
 version's reference embedding tables and distilled rows, fine-tuned on the subsequent block (the
 bench's reduced-data cells). Both are tested on the same test block, and the version is scored
-with the bench's statistics: Kendall τ-b of its model ranking against full data's
-(`bench.agreement`), top-1 regret (`bench.top1_regret`) and the mean test AUC over the pool.
+with the bench's statistics (diet_engine.evaluate.fidelity): Kendall τ-b of its model ranking
+against full data's, top-1 regret and the mean test AUC over the pool.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diet_engine.config import CandidateConfig
 from diet_engine.data.blocks import TensorBlock
 from diet_engine.dataset.loader import load_dataset
-from diet_engine.evaluate.bench import agreement, top1_regret, train_cell
+from diet_engine.evaluate.bench import train_cell
+from diet_engine.evaluate.fidelity import kendall_tau_b, top1_regret
 from diet_engine.models import MODELS
 
 # Named candidate pools; `p5` is the paper's five architectures.
@@ -108,12 +110,14 @@ def audit_version(
 
 
 def scores(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, Any]:
-    """The bench's statistics of the version's cells against full data's (τ None where a ranking is constant)."""
-    tau = agreement(auc, models)[VERSION]
+    """The bench's statistics (evaluate/fidelity.py) of the version's cells against full data's (τ None where a
+    ranking is constant)."""
+    full, version = (np.array([auc[m][k] for k in models]) for m in (FULL, VERSION))
+    tau = float(kendall_tau_b(full[None], version[None])[0])
     return {
         "models": list(models),
         "auc": auc,
         "kendall_tau": tau if math.isfinite(tau) else None,
-        "top1_regret": top1_regret(auc, models)[VERSION],
+        "top1_regret": top1_regret(version, full),
         "mean_auc": {m: statistics.fmean(auc[m][k] for k in models) for m in (FULL, VERSION)},
     }

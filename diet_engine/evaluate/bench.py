@@ -1,8 +1,8 @@
-"""The paper's evaluation (§5.1-5.2) on one converted stream: methods × models.
+"""The paper's evaluation (§5.1-5.2) on one converted stream: methods × a pool of candidate models.
 
 Per seed: the reference model is trained continually over the historical
 blocks (one checkpoint per stage); every reduced-data method builds its
-history set from those checkpoints; every (method, model) cell trains a
+history set from those checkpoints; every (method, candidate) cell trains a
 candidate by the shared protocol and is tested. Results are means over seeds
 with the per-seed values kept.
 """
@@ -31,6 +31,9 @@ from diet_engine.distill.stage import distill_in_memory, module_on
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
 from diet_engine.train.reference import continue_reference, new_reference
+from diet_engine.evaluate.fidelity import fidelity
+from diet_engine.evaluate.pool import Candidate, Pool, candidate_pool
+from diet_engine.evaluate.pool import candidate as pool_candidate  # not to shadow run_cell's argument
 from diet_engine.evaluate.report import bench_report, render
 from diet_engine.data.schema import StreamSchema
 from diet_engine.evaluate.selection import SELECTION_METHODS, selected_rows
@@ -56,7 +59,8 @@ class BenchConfig(BaseModel):
     data: Path
     out: Path
     methods: list[str] = Field(default_factory=lambda: list(ALL_METHODS))
-    models: list[str] = Field(default_factory=lambda: list(MODELS))
+    models: list[str] = Field(default_factory=lambda: list(MODELS))  # the architectures the pool is made of
+    pool: Pool = "p5"  # p5: each architecture at its default size; p15: small, default, large (evaluate/pool.py)
     ratio: float = Field(default=0.02, gt=0, le=1)
     seed: int = 0
     seeds: int = Field(default=1, ge=1)
@@ -151,7 +155,13 @@ def history_sets(
     return sets
 
 
-def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig, seed: int) -> dict:
+def run_cell(
+    method: str, candidate: Candidate | str, splits: Splits, refs: list[CTRModel], sets: dict, cfg: BenchConfig,
+    seed: int,
+) -> dict:
+    """One (method, candidate) cell of one seed; a bare architecture name is that architecture's default size."""
+    if isinstance(candidate, str):
+        candidate = pool_candidate(candidate, "default", cfg.candidate.arch)
     final_embedding = embedding_state(refs[-1])
     kwargs: dict = {}
     if method == "full":
@@ -164,18 +174,20 @@ def run_cell(method: str, model: str, splits: Splits, refs: list[CTRModel], sets
     else:
         finetune, history_rows = [splits.subsequent], len(sets[method])
         kwargs.update(embeddings=final_embedding, distilled=sets[method], probe=splits.test)
-    return train_cell(model, splits.schema, finetune, splits.valid, splits.test, cfg.candidate,
-                      cfg.candidate_repeats, seed, history_rows, device=cfg.device, **kwargs)  # fmt: skip
+    candidate_cfg = cfg.candidate.model_copy(update={"arch": candidate.arch})
+    return train_cell(candidate.model, splits.schema, finetune, splits.valid, splits.test, candidate_cfg,
+                      cfg.candidate_repeats, seed, history_rows, device=cfg.device, backbone=candidate.backbone,
+                      **kwargs)  # fmt: skip
 
 
 def train_cell(
     model: str, schema: StreamSchema, finetune: list[Block], valid: TensorBlock, test: TensorBlock,
     candidate: CandidateConfig, repeats: int, seed: int, history_rows: int, device: str = "cpu", **kwargs: Any,
 ) -> dict:
-    """One (method, model) cell: `repeats` candidates (seeds seed, seed+1000, …) by the shared protocol, tested.
+    """One cell: `repeats` candidates (seeds seed, seed+1000, …) by the shared protocol, each tested.
 
-    `kwargs` go to train_candidate (embeddings, distilled, probe). The audit of a dataset version
-    (diet_engine.evaluate.audit) trains its cells here too, so its numbers are the bench's.
+    `kwargs` go to train_candidate (embeddings, distilled, probe, backbone). The audit of a dataset
+    version (diet_engine.evaluate.audit) trains its cells here too, so its numbers are the bench's.
     """
     runs, tests, seconds = [], [], []
     for repeat in range(repeats):
@@ -196,12 +208,13 @@ def train_cell(
             "set_only_auc": mean_known(r.set_only_auc for r in runs)}
 
 
-def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str]) -> dict:
-    """Means over seeds per cell, Kendall τ vs full and the share of the cold→full gap recovered."""
+def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], candidates: list[str]) -> dict:
+    """Means over seeds per cell, the fidelity statistics over the pool (evaluate/fidelity.py) and what each
+    method's set alone taught."""
     results = {}
     for m in methods:
         results[m] = {}
-        for model in models:
+        for model in candidates:
             runs = cells[m][model]
             aucs, lls = [r["auc"] for r in runs], [r["logloss"] for r in runs]
             results[m][model] = {
@@ -216,23 +229,19 @@ def summarise(cells: dict[str, dict[str, list[dict]]], methods: list[str], model
                 "auc_repeats": [r.get("auc_repeats", [r["auc"]]) for r in runs],  # per seed, each candidate's
                 "distilled_valid_auc": mean_known(v for r in runs for v in r.get("distilled_valid_auc", [])),
                 "set_only_auc": mean_known(r.get("set_only_auc") for r in runs),
+                "set_only_auc_seeds": [r.get("set_only_auc") for r in runs],
             }
-    n_seeds = len(next(iter(next(iter(cells.values())).values())))
-    mean_auc = {m: {k: results[m][k]["auc"] for k in models} for m in methods}
-    seed_auc = [{m: {k: cells[m][k][s]["auc"] for k in models} for m in methods} for s in range(n_seeds)]
-    set_alone = {m: mean_known(results[m][k]["set_only_auc"] for k in models) for m in methods}
+    seed_aucs = {m: np.array([[cells[m][k][s]["auc"] for k in candidates] for s in range(len(cells[m][candidates[0]]))])
+                 for m in methods}
+    stats = fidelity(seed_aucs, candidates)
+    set_alone = {m: mean_known(results[m][k]["set_only_auc"] for k in candidates) for m in methods}
     reduced = [m for m in methods if m in REDUCED_METHODS]
-    model_mean = {m: statistics.fmean(mean_auc[m].values()) for m in methods}
     return {
         "results": results,
-        "best_reduced": max(reduced, key=model_mean.__getitem__) if reduced else None,
-        "kendall_tau": agreement(mean_auc, models),
-        "top1_regret": top1_regret(mean_auc, models),
-        "gap_recovered": gap(mean_auc, models),
-        "kendall_tau_interval": tau_interval(cells, methods, models),
-        "kendall_tau_seeds": [agreement(a, models) for a in seed_auc],
-        "gap_recovered_seeds": [gap(a, models) for a in seed_auc],
-        # per method with a history set: mean over models of the test AUC its candidates had before the fine-tune
+        "candidates": candidates,
+        "best_reduced": max(reduced, key=stats["mean_auc"].__getitem__) if reduced else None,
+        **stats,
+        # per method with a history set: mean over the pool of the test AUC its candidates had before the fine-tune
         "set_alone": {m: v for m, v in set_alone.items() if v is not None},
     }
 
@@ -243,85 +252,16 @@ def mean_known(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(known) if known else None
 
 
-def agreement(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
-    """Kendall τ between each method's model ranking (by test AUC) and full data's."""
-    if "full" not in auc or len(models) < 2:
-        return {}
-    ref = np.array([[auc["full"][k] for k in models]])
-    return {m: float(kendall_tau_b(ref, np.array([[auc[m][k] for k in models]]))[0]) for m in auc}
-
-
-def top1_regret(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
-    """Per method: full data's test AUC of full data's best model minus full data's test AUC of the model the
-    method ranks first (0: the method picks the model full history would; ties go to the first in `models`)."""
-    if "full" not in auc or not models:
-        return {}
-    full = auc["full"]
-    best = max(full[k] for k in models)
-    return {m: float(best - full[max(models, key=lambda k: auc[m][k])]) for m in auc}
-
-
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall's τ-b of each row of x [B, K] against the same row of y (NaN where either row is constant)."""
-    i, j = np.triu_indices(x.shape[1], 1)
-    sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (sx * sy).sum(1) / np.sqrt((sx != 0).sum(1) * (sy != 0).sum(1))
-
-
-def tau_interval(
-    cells: dict[str, dict[str, list[dict]]], methods: list[str], models: list[str],
-    draws: int = 2000, level: float = 0.9, seed: int = 0,
-) -> dict[str, list[float]]:
-    """How far τ vs full moves with the candidates drawn: the central `level` interval of τ when each cell's
-    candidates (within each seed) are resampled with replacement, full's and the method's alike.
-
-    With 5 models whose full-data AUCs lie within a few thousandths, one candidate's draw moves a cell by as
-    much (ML-100K: up to 0.015), so a τ without this interval is not a verdict.
-    """
-    if "full" not in methods or len(models) < 2:
-        return {}
-    rng = np.random.default_rng(seed)
-
-    def resampled(method: str) -> np.ndarray:  # [draws, models]: the cell means of one bootstrap draw each
-        cols = []
-        for model in models:
-            per_seed = []
-            for run in cells[method][model]:
-                reps = np.asarray(run.get("auc_repeats", [run["auc"]]), dtype=float)
-                per_seed.append(reps[rng.integers(0, len(reps), (draws, len(reps)))].mean(1))
-            cols.append(np.mean(per_seed, axis=0))
-        return np.stack(cols, axis=1)
-
-    full = resampled("full")
-    tail = (1 - level) / 2 * 100
-    out = {}
-    for m in methods:
-        taus = kendall_tau_b(full, resampled(m)) if m != "full" else np.ones(draws)
-        taus = taus[np.isfinite(taus)]
-        out[m] = [float(np.percentile(taus, tail)), float(np.percentile(taus, 100 - tail))] if len(taus) else []
-    return out
-
-
-def gap(auc: dict[str, dict[str, float]], models: list[str]) -> dict[str, float]:
-    """(AUC_m − AUC_cold) / (AUC_full − AUC_cold), averaged over models."""
-    if "full" not in auc or "cold" not in auc:
-        return {}
-    out = {}
-    for m in auc:
-        shares = [(auc[m][k] - auc["cold"][k]) / (auc["full"][k] - auc["cold"][k]) for k in models if auc["full"][k] != auc["cold"][k]]
-        out[m] = statistics.fmean(shares) if shares else float("nan")
-    return out
-
-
 def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) -> dict:
     unknown = sorted(set(cfg.methods) - set(ALL_METHODS)) + sorted(set(cfg.models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown methods/models: {unknown}; methods {ALL_METHODS}, models {tuple(MODELS)}")
+    pool = candidate_pool(cfg.pool, cfg.models, cfg.candidate.arch)
+    names = [c.name for c in pool]
     cfg.out.mkdir(parents=True, exist_ok=True)
     schema, root = prepare_data(cfg.data, cfg.out)
     splits = Splits(schema, root, cfg.device)
-    cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in cfg.models} for m in cfg.methods}
+    cells: dict[str, dict[str, list[dict]]] = {m: {k: [] for k in names} for m in cfg.methods}
     phases: list[dict] = []
     for s in range(cfg.seeds):
         seed = cfg.seed + s
@@ -334,15 +274,16 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
         sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase, cfg.device)
         for method in cfg.methods:
-            for model in cfg.models:
-                cells[method][model].append(run_cell(method, model, splits, refs, sets, cfg, seed))
+            for candidate in pool:
+                cells[method][candidate.name].append(run_cell(method, candidate, splits, refs, sets, cfg, seed))
                 if on_cell:
-                    on_cell(f"seed {seed} {method}/{model}")
+                    on_cell(f"seed {seed} {method}/{candidate.name}")
         phases.append(phase)
-    summary = summarise(cells, cfg.methods, cfg.models)
+    summary = summarise(cells, cfg.methods, names)
     out = {
         "dataset": schema.name,
         "ratio": cfg.ratio,
+        "pool": cfg.pool,
         "seeds": [cfg.seed + s for s in range(cfg.seeds)],
         **summary,
         "history_rows": splits.history_rows,

@@ -167,3 +167,43 @@ def horizontal_bars(labels: Sequence[str], values: Sequence[float], errors: Sequ
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return _svg(fig)
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+
+
+def agreement_scatter(reference: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str) -> str:
+    """One point per candidate and series: its value under the series (y) against its reference value (x),
+    one colour (and marker) per series; the dashed line y = x is where the reference's own points lie.
+    Points off the chart's scale (non-finite) are left out."""
+    fig = _figure(6.0, 4.2)
+    ax = fig.subplots()
+    xs_all, ys_all = [], []
+    for k, (name, values) in enumerate(series.items()):
+        points = [(x, y) for x, y in zip(reference, values, strict=True) if math.isfinite(x) and math.isfinite(y)]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        xs_all += xs
+        ys_all += ys
+        ax.plot(xs, ys, linestyle="none", marker=MARKERS[k % len(MARKERS)], markersize=5, alpha=0.85,
+                color=COLOURS[k % len(COLOURS)], label=name)  # fmt: skip
+    if xs_all:
+        def limits(values: list[float]) -> tuple[float, float]:
+            low, high = min(values), max(values)
+            pad = max(high - low, 1e-3) * 0.08
+            return low - pad, high + pad
+
+        (x0, x1), (y0, y1) = limits(xs_all), limits(ys_all)
+        ax.plot([x0, x1], [x0, x1], linestyle="--", linewidth=0.9, color=REAL_COLOUR, label="y = x")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", fontsize=8, frameon=False)
+    return _svg(fig)

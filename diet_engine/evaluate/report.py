@@ -36,11 +36,20 @@ REAL = "real block"
 DISTILLED = "distilled"
 
 
-def tau_text(tau: float | None, interval: list[float] | None) -> str:
-    """τ and, where known, the interval it moves in when the candidates are drawn again."""
-    if tau is None:
+def interval_text(point: float | None, interval: list[float] | None) -> str:
+    """A rank statistic and, where known, its 90 % interval (evaluate/fidelity.bootstrap_intervals)."""
+    if point is None:
         return ""
-    return f"{tau:+.2f} [{interval[0]:+.1f}, {interval[1]:+.1f}]" if interval else f"{tau:+.2f}"
+    return f"{point:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else f"{point:+.2f}"
+
+
+def signed_text(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.2f}"
+
+
+def share_text(share: float | None) -> str:
+    """A share of a gap recovered, as a signed percentage ('' when the gap is undefined)."""
+    return "" if share is None or not math.isfinite(share) else f"{share:+.0%}"
 
 
 class VersionRow(BaseModel):
@@ -84,18 +93,32 @@ class Cell(BaseModel):
 
 
 class Evaluation(BaseModel):
-    """The methods × models table of a benchmark."""
+    """The methods × candidates table of a benchmark and its fidelity statistics (evaluate/fidelity.py)."""
 
     methods: list[str]
-    models: list[str]
+    models: list[str]  # the pool's candidates
     cells: dict[str, dict[str, Cell]]
     history_rows: dict[str, int]
-    kendall_tau: dict[str, float] = Field(default_factory=dict)
+    pool: str = "p5"
+    mean_auc: dict[str, float] = Field(default_factory=dict)
+    kendall_tau: dict[str, float | None] = Field(default_factory=dict)
     kendall_tau_interval: dict[str, list[float]] = Field(default_factory=dict)
-    gap_recovered: dict[str, float] = Field(default_factory=dict)
+    spearman_rho: dict[str, float | None] = Field(default_factory=dict)
+    spearman_rho_interval: dict[str, list[float]] = Field(default_factory=dict)
+    interval_widened: dict[str, list[str]] = Field(default_factory=dict)
+    top1_regret: dict[str, float] = Field(default_factory=dict)
+    gap_recovered: dict[str, float | None] = Field(default_factory=dict)
+    warmup_gap_recovered: dict[str, float | None] = Field(default_factory=dict)
+    noise_ceiling: dict[str, Any] | None = None
     set_alone: dict[str, float] = Field(default_factory=dict)
     seeds: int = 1
     best_reduced: str | None = None
+
+
+# what Evaluation takes from results.json as it is (bench.summarise writes them)
+FIDELITY_KEYS = ("pool", "mean_auc", "kendall_tau", "kendall_tau_interval", "spearman_rho", "spearman_rho_interval",
+                 "interval_widened", "top1_regret", "gap_recovered", "warmup_gap_recovered", "noise_ceiling",
+                 "set_alone", "best_reduced")
 
 
 class AuditRow(BaseModel):
@@ -263,26 +286,25 @@ def bench_report(
         for t, m in enumerate(phase["stages"], 1)
     ]
     methods = list(result["results"])
-    models = list(result["config"]["models"])
+    models = list(result.get("candidates") or result["config"]["models"])
+    statistics = {k: result[k] for k in FIDELITY_KEYS if result.get(k) is not None}
     evaluation = Evaluation(
         methods=methods, models=models,
         cells={m: {k: Cell.model_validate(result["results"][m][k]) for k in models} for m in methods},
         history_rows={m: result["results"][m][models[0]]["history_rows"] for m in methods},
-        kendall_tau=result.get("kendall_tau", {}), kendall_tau_interval=result.get("kendall_tau_interval", {}),
-        gap_recovered=result.get("gap_recovered", {}),
-        set_alone=result.get("set_alone", {}), seeds=len(result.get("seeds", [])) or 1, best_reduced=result.get("best_reduced"),
+        **statistics, seeds=len(result.get("seeds", [])) or 1,
     )  # fmt: skip
     facts = [
         ("dataset", str(result["dataset"])),
         ("ratio", f"{result['ratio']:.2%}"),
         ("historical rows", f"{result['history_rows']:,}"),
         ("seeds", ", ".join(str(s) for s in result.get("seeds", []))),
-        ("models", ", ".join(models)),
+        ("pool", f"{result.get('pool', 'p5').upper()}: {', '.join(models)}"),
         ("best reduced method", result.get("best_reduced") or "–"),
     ]
     return Report(
         title=f"DIET benchmark: {result['dataset']}",
-        subtitle=f"{len(methods)} methods × {len(models)} models, ratio {result['ratio']:.2%}, "
+        subtitle=f"{len(methods)} methods × {len(models)} candidates, ratio {result['ratio']:.2%}, "
         f"{evaluation.seeds} seed(s); label balance and loss curves from seed {last.get('seed', '?')}",
         facts=facts, tasks=tasks, temperature=temperature, balance=balance, curves=curves, evaluation=evaluation,
         config=result.get("config"),
@@ -455,9 +477,8 @@ def _evaluation(ev: Evaluation | None) -> str:
         return ""
     best = {k: max((ev.cells[m][k].auc for m in ev.methods if math.isfinite(ev.cells[m][k].auc)), default=None)
             for k in ev.models}  # fmt: skip
-    head = ["method", "history rows", *ev.models, "mean AUC", "τ vs full [90 %]", "gap recovered", "set alone"]
+    head = ["method", "history rows", *ev.models]
     rows = []
-    means = []
     for m in ev.methods:
         cells = []
         for k in ev.models:
@@ -465,28 +486,66 @@ def _evaluation(ev: Evaluation | None) -> str:
             spread = f' <span class="std">±{c.auc_std:.4f}</span>' if ev.seeds > 1 else ""
             cls = ' class="best"' if best[k] is not None and c.auc == best[k] else ""
             cells.append(f"<td{cls}>{c.auc:.4f}{spread} / {c.logloss:.4f}</td>")
-        mean = float(np.mean([ev.cells[m][k].auc for k in ev.models]))
-        means.append(mean)
-        tau, gap, alone = ev.kendall_tau.get(m), ev.gap_recovered.get(m), ev.set_alone.get(m)
-        rows.append(
-            f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
-            + "".join(cells)
-            + f"<td>{mean:.4f}</td><td>{_e(tau_text(tau, ev.kendall_tau_interval.get(m))) or '–'}</td>"
-            f"<td>{'–' if gap is None or not math.isfinite(gap) else f'{gap:+.2f}'}</td><td>{'–' if alone is None else f'{alone:.4f}'}</td></tr>"
-        )
+        rows.append(f"<tr><td>{_e(m)}{' ★' if m == ev.best_reduced else ''}</td><td>{_int(ev.history_rows.get(m))}</td>"
+                    + "".join(cells) + "</tr>")
+    means = [ev.mean_auc.get(m, float(np.mean([ev.cells[m][k].auc for k in ev.models]))) for m in ev.methods]
     errors = [float(np.mean([ev.cells[m][k].auc_std for k in ev.models])) for m in ev.methods]
-    plot = report_plots.horizontal_bars(ev.methods, means, errors, "test AUC, mean over models (± mean std over seeds)")
+    plot = report_plots.horizontal_bars(ev.methods, means, errors, "test AUC, mean over the pool (± mean std over seeds)")
     table = (
         '<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
         + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>"
     )  # fmt: skip
     return (
-        '<section id="evaluation"><h2>Methods × models</h2>'
-        f'<p class="note">Test AUC / LogLoss averaged over tasks and {ev.seeds} seed(s); bold: best AUC per model; '
-        "★: best reduced-data method. τ: Kendall rank agreement of the models with full data, with the 90 % "
-        "interval it moves in when each cell's candidates are resampled; gap recovered: "
-        "share of the cold→full AUC gap; set alone: test AUC after the distilled phase, before the fine-tune on the "
-        "subsequent block (what the history set by itself taught the candidates).</p>" + table + plot + "</section>"
+        '<section id="evaluation"><h2>Methods × candidates</h2>'
+        f'<p class="note">Pool {_e(ev.pool.upper())}: test AUC / LogLoss averaged over tasks and {ev.seeds} seed(s); '
+        "bold: best AUC per candidate; ★: best reduced-data method by mean AUC.</p>" + table + plot + "</section>"
+        + _fidelity(ev, means)
+    )
+
+
+def _fidelity(ev: Evaluation, means: list[float]) -> str:
+    """Per method, how it ranks the pool against full data, and each candidate's AUC against full's (Figure 1)."""
+    head = ["method", "mean AUC", "τ vs full [90 %]", "ρ vs full [90 %]", "top-1 regret", "cold→full recovered",
+            "warmup→full recovered", "set alone"]
+    body = []
+    for m, mean in zip(ev.methods, means, strict=True):
+        widened = " *" if ev.interval_widened.get(m) else ""
+        regret, alone = ev.top1_regret.get(m), ev.set_alone.get(m)
+        body.append([
+            m, f"{mean:.4f}",
+            (interval_text(ev.kendall_tau.get(m), ev.kendall_tau_interval.get(m)) or "–")
+            + (widened if "kendall_tau" in ev.interval_widened.get(m, []) else ""),
+            (interval_text(ev.spearman_rho.get(m), ev.spearman_rho_interval.get(m)) or "–")
+            + (widened if "spearman_rho" in ev.interval_widened.get(m, []) else ""),
+            "–" if regret is None else f"{regret:.4f}",
+            share_text(ev.gap_recovered.get(m)) or "–", share_text(ev.warmup_gap_recovered.get(m)) or "–",
+            "–" if alone is None else f"{alone:.4f}",
+        ])  # fmt: skip
+    ceiling = ev.noise_ceiling
+    ceiling_note = (
+        f"Noise ceiling: full data's own τ {signed_text(ceiling.get('kendall_tau'))} and ρ "
+        f"{signed_text(ceiling.get('spearman_rho'))} between the means of two disjoint sets of "
+        f"{ceiling.get('seeds_per_half')} seed(s), averaged over {ceiling.get('splits')} split(s)."
+        if ceiling else "Noise ceiling: needs two seeds or more."
+    )
+    scatter = ""
+    if "full" in ev.cells:
+        full = [ev.cells["full"][k].auc for k in ev.models]
+        series = {m: [ev.cells[m][k].auc for k in ev.models] for m in ev.methods if m != "full"}
+        if series:
+            scatter = report_plots.agreement_scatter(full, series, "full-data test AUC", "test AUC under the method")
+    return (
+        '<section id="fidelity"><h2>Fidelity: does the method rank the pool as full data does?</h2>'
+        '<p class="note">On the means over seeds. τ: Kendall τ-b, ρ: Spearman ρ, between the method\'s and full '
+        "data's test AUCs over the pool, each with a 90 % interval from resampling seeds and candidates together "
+        "(*: the percentile interval was stretched to reach its point estimate, the bootstrap's bias). Top-1 "
+        "regret: full data's best AUC minus full data's AUC of the candidate the method ranks first. Recovered: "
+        "the share of the cold→full / warmup→full gap in mean AUC. Set alone: test AUC after the history phase, "
+        f"before the fine-tune on the subsequent block. {_e(ceiling_note)}</p>"
+        + _table(head, body) + scatter
+        + '<p class="note">Each point a candidate: its test AUC under a method against its full-data test AUC '
+        "(the paper's Figure 1). A method that ranks as full data does lies along a rising line.</p>"
+        + "</section>"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -52,14 +53,16 @@ def train_candidate(
     distilled: SyntheticSet | None = None,
     device: str = "cpu",
     probe: TensorBlock | None = None,
+    backbone: dict[str, Any] | None = None,
 ) -> CandidateRun:
     """A candidate trained by the protocol above; with `probe`, it is also scored there between the two
-    phases (`set_only_auc`: what the distilled set alone taught it)."""
+    phases (`set_only_auc`: what the distilled set alone taught it). A model named by `model` is built from
+    `cfg.arch` with `backbone` as its backbone's keyword arguments (a pool's sizes, evaluate/pool.py)."""
     if isinstance(model, str):
         torch.manual_seed(seed)
         # on a GPU the weights are drawn there: initialising a 3 M-row table on the host took seconds
         with torch.device(device) if torch.device(device).type != "cpu" else nullcontext():
-            model = build_model(model, schema, cfg.arch)
+            model = build_model(model, schema, cfg.arch, **(backbone or {}))
     model = model.to(device)
     if embeddings is not None:
         model.embedding.load_state_dict(embeddings)

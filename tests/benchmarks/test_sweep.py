@@ -1,11 +1,20 @@
-"""benchmarks/sweep.py: configurations x method groups x seeds as processes, merged into one summary."""
+"""benchmarks/sweep.py: configurations x method groups x seeds as processes, merged into the statistics one
+multi-seed bench run computes."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from diet_engine.evaluate.bench import summarise
+
 SWEEP = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep.py"
+METHODS = ["full", "cold", "warmup", "random"]
+CANDIDATES = ["dcn-s", "dcn", "dcn-l", "wukong-s", "wukong", "wukong-l"]
 ARCH = {"embedding_dim": 4, "hidden": [8], "n_experts": 2, "expert_dim": 4, "tower_hidden": [4]}
 SMALL = {
     "candidate_repeats": 1,
@@ -13,6 +22,79 @@ SMALL = {
     "candidate": {"arch": ARCH, "distilled_epochs": 1},
     "distill": {"outer_iters": 2, "inner_steps": 2, "window": 1, "inner_batch": 8, "target_pool_rows": 100},
 }
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell(rng: np.random.Generator, method: str) -> dict:
+    """What bench.run_cell returns for one seed, with made-up numbers."""
+    repeats = (0.7 + rng.normal(0, 0.01, 3)).tolist()
+    has_set = method == "random"
+    return {"auc": float(np.mean(repeats)), "logloss": float(rng.uniform(0.4, 0.6)), "train_seconds": 1.0,
+            "history_rows": 24, "auc_repeats": repeats, "best_epoch": [1], "best_lr": [1e-3],
+            "distilled_valid_auc": [float(rng.uniform(0.6, 0.7))] if has_set else [None],
+            "set_only_auc": float(rng.uniform(0.6, 0.7)) if has_set else None}  # fmt: skip
+
+
+def one_seed_results(cells: dict, seed: int, methods: list[str]) -> dict:
+    """A bench results.json of one seed and some methods (a method group), as run_bench writes it."""
+    one = {m: {k: [runs[seed]] for k, runs in cells[m].items()} for m in methods}
+    return {"dataset": "tiny", "ratio": 0.05, "pool": "p15", "seeds": [seed], **summarise(one, methods, CANDIDATES),
+            "config": {"models": ["dcn", "wukong"]}, "phases": []}
+
+
+def test_merged_one_seed_runs_give_the_statistics_of_one_multi_seed_run(sweep, capsys):
+    rng = np.random.default_rng(0)
+    cells = {m: {k: [cell(rng, m) for _ in range(3)] for k in CANDIDATES} for m in METHODS}
+    expected = summarise(cells, METHODS, CANDIDATES)
+    groups = [["full", "cold"], ["warmup", "random"]]  # each seed's methods in two processes, through JSON, any order
+    runs = [(s, json.loads(json.dumps(one_seed_results(cells, s, g)))) for s in (2, 0, 1) for g in groups]
+    merged = sweep.merge(runs)
+    assert merged["seeds"] == [0, 1, 2] and merged["incomplete_seeds"] == []
+    assert merged["pool"] == "p15" and merged["candidates"] == CANDIDATES and list(merged["results"]) == METHODS
+    for key in ("mean_auc", "kendall_tau", "kendall_tau_interval", "spearman_rho", "spearman_rho_interval",
+                "interval_widened", "top1", "top1_regret", "gap_recovered", "warmup_gap_recovered", "noise_ceiling",
+                "kendall_tau_seeds", "set_alone", "best_reduced"):
+        assert merged[key] == pytest.approx(expected[key]) if isinstance(expected[key], float) else merged[key] == expected[key], key
+    for m in METHODS:
+        for k in CANDIDATES:
+            ours, theirs = merged["results"][m][k], expected["results"][m][k]
+            for field in ("auc_seeds", "auc_repeats", "set_only_auc_seeds", "history_rows"):
+                assert ours[field] == theirs[field], field
+            for field in ("auc", "auc_std", "logloss", "set_only_auc", "distilled_valid_auc"):
+                assert (ours[field] is None and theirs[field] is None) or ours[field] == pytest.approx(theirs[field]), field
+    assert merged["noise_ceiling"]["splits"] == 3 and merged["set_alone"]["random"] is not None
+    # a P15 sweep also states the statistics of its P5 members (the default sizes) on their own
+    p5 = {m: {k: cells[m][k] for k in ("dcn", "wukong")} for m in METHODS}
+    assert merged["p5"]["candidates"] == ["dcn", "wukong"]
+    assert merged["p5"]["kendall_tau"] == summarise(p5, METHODS, ["dcn", "wukong"])["kendall_tau"]
+    # a group that failed on seed 1: the statistics keep to the seeds every method has
+    partial = sweep.merge([r for r in runs if not (r[0] == 1 and "warmup" in r[1]["results"])])
+    assert partial["seeds"] == [0, 2] and partial["incomplete_seeds"] == [1]
+    assert partial["results"]["full"]["dcn"]["auc_seeds"] == expected["results"]["full"]["dcn"]["auc_seeds"][::2]
+    sweep.print_summary("cfg", merged)
+    out = capsys.readouterr().out
+    assert "cfg (pool P15, seeds [0, 1, 2])" in out and "noise ceiling" in out and "dcn-l" in out
+
+
+def test_sweep_runs_its_seeds_as_bench_processes_with_the_pool(sweep, tiny_stream, tmp_path, monkeypatch):
+    _, root = tiny_stream
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"small": {"methods": "full,cold", "ratio": 0.05, "config": SMALL}}))
+    monkeypatch.setattr(sys, "argv", ["sweep.py", str(spec), "--data", str(root), "--out", str(tmp_path / "out"),
+                                      "--jobs", "2", "--seeds", "2", "--models", "dcn", "--pool", "p15"])
+    assert sweep.main() == 0
+    saved = json.loads((tmp_path / "out" / "sweep.json").read_text())["small"]
+    assert saved["candidates"] == ["dcn-s", "dcn", "dcn-l"] and saved["seeds"] == [0, 1]
+    assert saved["kendall_tau"]["full"] == 1.0 and saved["noise_ceiling"]["splits"] == 1
+    per_seed = [json.loads((tmp_path / "out" / f"small-g0-s{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["results"]["cold"]["dcn-l"]["auc"] for r in per_seed] == saved["results"]["cold"]["dcn-l"]["auc_seeds"]
 
 
 def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny_stream, tmp_path):

@@ -9,6 +9,7 @@ import json
 import time
 
 import httpx
+import numpy as np
 import pytest
 from service_support import (
     BOOTSTRAP_TOKEN,
@@ -27,7 +28,8 @@ from diet_client.signing import HEADER, verify
 from diet_engine.config import CandidateConfig
 from diet_engine.data.blocks import TensorBlock
 from diet_engine.dataset.loader import load_dataset
-from diet_engine.evaluate.bench import agreement, top1_regret, train_cell
+from diet_engine.evaluate.bench import train_cell
+from diet_engine.evaluate.fidelity import kendall_tau_b, top1_regret
 from service.registry import migrate
 
 BLOCKS = ("b1", "b2", "b3", "subsequent", "valid", "test")  # stages 1-6
@@ -149,8 +151,9 @@ def test_audit_on_ml100k_records_the_bench_statistics(tmp_path, processes, postg
     result = audit["result"]
     assert result["models"] == POOL and set(result["auc"]) == {"full", "version"}
     # the bench's statistics of the recorded cells ...
-    assert result["kendall_tau"] == agreement(result["auc"], POOL)["version"]
-    assert result["top1_regret"] == top1_regret(result["auc"], POOL)["version"]
+    full_auc, version_auc = (np.array([result["auc"][m][k] for k in POOL]) for m in ("full", "version"))
+    assert result["kendall_tau"] == kendall_tau_b(full_auc[None], version_auc[None])[0]
+    assert result["top1_regret"] == top1_regret(version_auc, full_auc)
     assert result["alarm"] == (result["kendall_tau"] < 1.0)
     # ... of the very candidates the engine trains for the same version, blocks and seed (one model's pair of cells)
     ds = load_dataset(pulled)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from diet_engine.evaluate.bench import BenchConfig, agreement, gap, run_bench
+from diet_engine.evaluate.bench import BenchConfig, run_bench
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.models import ModelConfig
 
@@ -49,6 +49,19 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
     assert set(saved["set_alone"]) == {"random", "el2n", "kmeans", "diet", "diet_no_ts"}
     assert saved["set_alone"]["diet"] == pytest.approx(sum(saved["results"]["diet"][k]["set_only_auc"] for k in ("dcn", "finalnet")) / 2)
     assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts")
+    # the fidelity statistics (evaluate/fidelity.py), per method, on the pool P5 = the two models here
+    assert saved["pool"] == "p5" and saved["candidates"] == ["dcn", "finalnet"]
+    for key in ("mean_auc", "spearman_rho", "spearman_rho_interval", "top1_regret", "warmup_gap_recovered", "interval_widened"):
+        assert set(saved[key]) == set(methods), key
+    for method in methods:
+        for stat in ("kendall_tau", "spearman_rho"):
+            point, interval = saved[stat][method], saved[f"{stat}_interval"][method]
+            assert point is None or interval[0] <= point <= interval[1]
+        assert saved["top1_regret"][method] >= 0.0
+    assert saved["top1_regret"]["full"] == 0.0 and saved["warmup_gap_recovered"]["full"] == pytest.approx(1.0)
+    assert saved["warmup_gap_recovered"]["warmup"] == pytest.approx(0.0, abs=1e-12)
+    assert saved["noise_ceiling"]["splits"] == 1 and saved["noise_ceiling"]["seeds_per_half"] == 1  # seed 0 v seed 1
+    assert saved["mean_auc"]["diet"] == pytest.approx(sum(saved["results"]["diet"][k]["auc"] for k in ("dcn", "finalnet")) / 2)
     again = run_bench(small_config(root, tmp_path / "b", methods=methods, seeds=2))
     for method in methods:
         for model in ("dcn", "finalnet"):
@@ -59,14 +72,6 @@ def test_unknown_methods_are_refused(tiny_stream, tmp_path):
     _, root = tiny_stream
     with pytest.raises(ValueError, match="unknown"):
         run_bench(small_config(root, tmp_path, methods=["full", "magic"]))
-
-
-def test_rank_agreement_and_gap():
-    auc = {"full": {"a": 0.7, "b": 0.6, "c": 0.65}, "cold": {"a": 0.6, "b": 0.5, "c": 0.55},
-           "x": {"a": 0.65, "b": 0.55, "c": 0.6}, "y": {"a": 0.55, "b": 0.65, "c": 0.6}}
-    tau = agreement(auc, ["a", "b", "c"])
-    assert tau["x"] == pytest.approx(1.0) and tau["y"] == pytest.approx(-1.0)
-    assert gap(auc, ["a", "b", "c"])["x"] == pytest.approx(0.5)
 
 
 def test_candidate_repeats_average_candidates_of_distinct_seeds(tiny_stream, tmp_path):
@@ -96,45 +101,38 @@ def test_bench_command_takes_repeats_from_its_config_and_prints_the_set_alone_co
                                       "--models", "dcn", "--ratio", "0.05", "--config", str(overrides), "--device", "cuda:7"])
     assert result.exit_code == 0, result.output
     assert "set alone" in result.output and "τ vs full" in result.output
+    for column in ("ρ vs full", "top-1 regret", "cold→full", "warmup→full", "mean AUC", "noise ceiling"):
+        assert column in result.output, column
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["config"]["candidate_repeats"] == 2 and saved["config"]["device"] == "cpu"
     assert len(saved["results"]["el2n"]["dcn"]["auc_repeats"][0]) == 2
 
 
-def test_tau_b_matches_scipy_with_and_without_ties():
-    import numpy as np
-    from scipy.stats import kendalltau
+def test_bench_trains_every_candidate_of_the_p15_pool_in_every_method(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    result = run_bench(small_config(root, tmp_path, methods=["full", "cold", "random"], pool="p15", candidate_repeats=1))
+    names = ["dcn-s", "dcn", "dcn-l", "finalnet-s", "finalnet", "finalnet-l"]
+    assert result["pool"] == "p15" and result["candidates"] == names
+    for method in ("full", "cold", "random"):
+        assert list(result["results"][method]) == names
+        assert all(0.0 < result["results"][method][k]["auc"] < 1.0 for k in names)
+    # three sizes of one architecture train different models: their AUCs differ
+    assert len({result["results"]["full"][k]["auc"] for k in names}) == len(names)
+    assert result["top1"]["full"][0] in names and result["top1_regret"]["full"] == 0.0
+    page = (tmp_path / "report.html").read_text()
+    assert 'id="fidelity"' in page and "<th>dcn-l</th>" in page
+    assert page.count("<svg") == 3 and "y = x" in page  # label balance, mean AUC bars, Figure 1's scatter
 
-    from diet_engine.evaluate.bench import kendall_tau_b
 
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 4, (200, 5)).astype(float)  # small integers: many ties
-    y = rng.integers(0, 4, (200, 5)).astype(float)
-    ours = kendall_tau_b(x, y)
-    for row in range(200):
-        theirs = kendalltau(x[row], y[row]).statistic
-        assert (np.isnan(ours[row]) and np.isnan(theirs)) or ours[row] == pytest.approx(theirs)
+def test_bench_command_refuses_an_unknown_pool(tiny_stream, tmp_path):
+    from typer.testing import CliRunner
 
+    from diet_engine.cli import app
 
-def test_tau_interval_is_a_point_for_identical_candidates_and_widens_with_their_spread():
-    from diet_engine.evaluate.bench import tau_interval
-
-    models = ["a", "b", "c", "d"]
-    full = {"a": 0.70, "b": 0.69, "c": 0.68, "d": 0.67}
-
-    def cells(spread: float) -> dict:
-        # method x ranks the models as full does; its candidates scatter by ±spread around each cell
-        return {
-            "full": {k: [{"auc": v, "auc_repeats": [v, v, v]}] for k, v in full.items()},
-            "x": {k: [{"auc": v - 0.01, "auc_repeats": [v - 0.01 - spread, v - 0.01, v - 0.01 + spread]}] for k, v in full.items()},
-        }
-
-    tight = tau_interval(cells(0.0), ["full", "x"], models)
-    assert tight["full"] == [1.0, 1.0] and tight["x"] == [1.0, 1.0]
-    loose = tau_interval(cells(0.03), ["full", "x"], models)
-    assert loose["x"][0] < 0.0 < loose["x"][1] <= 1.0  # candidates spread 3x the cells' gaps: the order is a draw
-    assert tau_interval(cells(0.03), ["full", "x"], models) == loose  # seeded: the interval repeats
-    assert tau_interval(cells(0.03), ["x"], models) == {}  # nothing to agree with
+    _, root = tiny_stream
+    result = CliRunner().invoke(app, ["bench", "--data", str(root), "--out", str(tmp_path), "--pool", "p9"])
+    assert result.exit_code == 2 and "p9" in result.output
+    assert not (tmp_path / "results.json").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -111,6 +111,10 @@ def test_bench_writes_report_html_that_chromium_renders(tiny_stream, tmp_path):
     dcn = result["results"]["full"]["dcn"]
     assert f"{dcn['auc']:.4f}" in page and f"{dcn['logloss']:.4f}" in page
     assert "set alone" in page and f"<td>{result['set_alone']['diet']:.4f}</td></tr>" in page
+    # the fidelity table and the paper's Figure 1: each candidate's AUC under a method against full data's
+    assert 'id="fidelity"' in page and "ρ vs full [90 %]" in page and "top-1 regret" in page
+    assert "warmup→full recovered" in page and "noise ceiling" in page.lower() and "y = x" in page
+    assert f"<td>{result['top1_regret']['diet']:.4f}</td>" in page
 
     image = screenshot((tmp_path / "bench" / "report.html").as_uri(), tmp_path / "bench.png", tmp_path / "chromium")
     keep_copy(tmp_path / "bench.png", "bench-report.png")
