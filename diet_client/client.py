@@ -7,6 +7,7 @@ stream, uploading a block and asking for a distill job are all idempotent on the
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +24,14 @@ from diet_client.models import (
     Aliases,
     AliasMove,
     Artifact,
+    Audit,
+    AuditIn,
     Block,
     DatasetDiff,
     Deletion,
     GcReport,
+    Delivery,
+    EvaluationBlocks,
     Job,
     JobStatus,
     Liveness,
@@ -38,6 +43,8 @@ from diet_client.models import (
     Retention,
     Stream,
     Upload,
+    Webhook,
+    WebhookIn,
 )
 from diet_client.transfer import PartialFile, TransferProgress, file_chunks, sha256_of
 
@@ -111,13 +118,21 @@ class DietClient:
         *,
         reference: dict[str, Any] | None = None,
         distill: dict[str, Any] | None = None,
+        licence: str | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> Stream:
-        """Create a stream (the same definition again is a no-op; another one under the name is a 409)."""
+        """Create a stream (the same definition again is a no-op; another one under the name is a 409).
+
+        `licence` is the data's (exports carry it); `audit` a standing audit policy (AuditPolicy's fields)."""
         body: dict[str, Any] = {"name": name, "schema": schema}
         if reference is not None:
             body["reference"] = reference
         if distill is not None:
             body["distill"] = distill
+        if licence is not None:
+            body["licence"] = licence
+        if audit is not None:
+            body["audit"] = audit
         return self._model(Stream, "POST", "/streams", json=body)
 
     def streams(self) -> list[Stream]:
@@ -196,6 +211,75 @@ class DietClient:
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(job, timeout_s or 0.0)
             self._sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+    # ------------------------------------------------------------------ audits
+
+    def audit(
+        self,
+        version: str,
+        *,
+        pool: str = "p5",
+        models: list[str] | None = None,
+        blocks: dict[str, int] | None = None,
+        candidate: dict[str, Any] | None = None,
+        repeats: int = 1,
+        seed: int = 0,
+    ) -> Audit:
+        """Ask the workers to audit a version: the pool's candidates on it and on full history, ranked and compared.
+
+        `blocks` names the evaluation blocks by stage ({"subsequent", "valid", "test"}; each defaults to the
+        next after the version's stage). Asking again while the same audit is queued or running returns it.
+        """
+        body = AuditIn(version=version, pool=pool, models=models, blocks=EvaluationBlocks(**(blocks or {})),
+                       candidate=candidate or {}, repeats=repeats, seed=seed)  # fmt: skip
+        return self._model(Audit, "POST", "/jobs/audit", json=body.model_dump(mode="json", exclude_none=True))
+
+    def audits(
+        self, stream: str | None = None, version: str | None = None, status: JobStatus | str | None = None,
+        *, limit: int = 50, offset: int = 0,
+    ) -> Page[Audit]:  # fmt: skip
+        params = {"stream": stream, "version": version, "status": status, "limit": limit, "offset": offset}
+        return self._page(Audit, "/jobs/audit", params)
+
+    def audit_job(self, audit_id: int) -> Audit:
+        return self._model(Audit, "GET", f"/jobs/audit/{audit_id}")
+
+    def wait_audit(self, audit_id: int, *, poll_s: float = 1.0, timeout_s: float | None = None,
+                   on_progress: Callable[[Audit], None] | None = None) -> Audit:  # fmt: skip
+        """Poll an audit until it has succeeded, failed or been cancelled; WaitTimeout after `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            audit = self.audit_job(audit_id)
+            if on_progress:
+                on_progress(audit)
+            if audit.status.finished:
+                return audit
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(audit, timeout_s or 0.0)
+            self._sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
+
+    # ------------------------------------------------------------------ webhooks
+
+    def create_webhook(self, stream: str, url: str, events: list[str], secret: str) -> Webhook:
+        """Have the stream's `events` POSTed to `url`, signed with `secret` (diet_client.signing.verify)."""
+        body = WebhookIn(stream=stream, url=url, events=events, secret=secret)  # type: ignore[arg-type]
+        return self._model(Webhook, "POST", "/webhooks", json=body.model_dump(mode="json"))
+
+    def webhooks(self, stream: str | None = None, *, limit: int = 50, offset: int = 0) -> Page[Webhook]:
+        return self._page(Webhook, "/webhooks", {"stream": stream, "limit": limit, "offset": offset})
+
+    def webhook(self, webhook_id: int) -> Webhook:
+        return self._model(Webhook, "GET", f"/webhooks/{webhook_id}")
+
+    def delete_webhook(self, webhook_id: int) -> Webhook:
+        return self._model(Webhook, "DELETE", f"/webhooks/{webhook_id}")
+
+    def deliveries(
+        self, webhook_id: int, status: str | None = None, *, limit: int = 50, offset: int = 0
+    ) -> Page[Delivery]:
+        """A webhook's deliveries, newest first, each with every attempt."""
+        params = {"status": status, "limit": limit, "offset": offset}
+        return self._page(Delivery, f"/webhooks/{webhook_id}/deliveries", params)
 
     # ------------------------------------------------------------------ datasets
 
@@ -355,7 +439,7 @@ class DietClient:
         return model.model_validate(self._request(method, path, **kwargs).json())
 
     def _page(self, model: type[M], path: str, params: dict[str, Any]) -> Page[M]:
-        params = {k: (str(v) if isinstance(v, JobStatus) else v) for k, v in params.items() if v is not None}
+        params = {k: (str(v) if isinstance(v, enum.Enum) else v) for k, v in params.items() if v is not None}
         return Page[model].model_validate(self._request("GET", path, params=params).json())  # type: ignore[valid-type]
 
     def _request(

@@ -31,6 +31,8 @@ class Stream(_Answer):
     stream_schema: dict[str, Any] = Field(alias="schema")
     reference: dict[str, Any]
     distill: dict[str, Any]
+    licence: str | None = None
+    audit: dict[str, Any] | None = None
     created_at: datetime
 
 
@@ -331,3 +333,136 @@ class DatasetDiff(_Answer):
     drift: Drift  # L2 shift of the kept rows' embeddings
     config: list[ConfigChange]
     lineage: LineageDiff
+
+
+# ---------------------------------------------------------------- webhooks
+
+
+class WebhookEvent(enum.StrEnum):
+    version_created = "version.created"
+    alias_moved = "alias.moved"
+    job_finished = "job.finished"
+    job_failed = "job.failed"
+    audit_alarm = "audit.alarm"
+
+
+class WebhookIn(BaseModel):
+    """POST /webhooks: where to send which events of a stream, and the secret that signs each delivery."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    url: str = Field(
+        pattern=r"^https?://[!-~]+$", max_length=2000, description="http(s) URL the events are POSTed to"
+    )
+    events: list[WebhookEvent] = Field(min_length=1, max_length=len(WebhookEvent))
+    secret: str = Field(
+        pattern=r"^[!-~]+$", min_length=16, max_length=200,
+        description="printable ASCII; signs every delivery (X-DIET-Signature) and is never returned",
+    )  # fmt: skip
+
+
+class Webhook(_Answer):
+    id: int
+    stream: str
+    url: str
+    events: list[WebhookEvent]
+    created_by: str
+    created_at: datetime
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"
+
+
+class DeliveryAttempt(_Answer):
+    at: datetime
+    status_code: int | None = Field(description="the receiver's answer; None when it could not be reached")
+    error: str | None
+    seconds: float
+
+
+class Delivery(_Answer):
+    id: int
+    webhook: int
+    event: WebhookEvent
+    payload: dict[str, Any]
+    status: DeliveryStatus
+    attempts: int
+    attempt_log: list[DeliveryAttempt]
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+# ---------------------------------------------------------------- audits
+
+
+class EvaluationBlocks(BaseModel):
+    """The stream's blocks an audit evaluates on, by stage; each defaults to the next after the version's
+    stage t: subsequent t+1 (fine-tuned on), valid t+2 (model selection), test t+3 (scored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subsequent: int | None = Field(default=None, ge=1, le=1_000_000)
+    valid: int | None = Field(default=None, ge=1, le=1_000_000)
+    test: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class AuditIn(BaseModel):
+    """POST /jobs/audit: train a candidate pool on a version and on full history, and compare the rankings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(max_length=200, description="STREAM@vN (or any name that resolves to one)")
+    pool: str = Field(default="p5", max_length=32, description="a named pool of architectures (p5: the paper's five)")
+    models: list[str] | None = Field(default=None, min_length=2, max_length=16, description="instead of the pool")
+    blocks: EvaluationBlocks = Field(default_factory=EvaluationBlocks)
+    candidate: dict[str, Any] = Field(default_factory=dict, description="CandidateConfig fields over the version's")
+    repeats: int = Field(default=1, ge=1, le=10, description="candidates per cell, as the bench's candidate_repeats")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class AuditPolicy(BaseModel):
+    """A stream's standing audit: every `every`-th stage's version is audited once its blocks are there,
+    and an `audit.alarm` event fires when its τ falls below `threshold`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(ge=1, le=1_000_000)
+    threshold: float = Field(default=0.6, ge=-1, le=1)
+    pool: str = Field(default="p5", max_length=32)
+    models: list[str] | None = Field(default=None, min_length=2, max_length=16)
+    candidate: dict[str, Any] = Field(default_factory=dict)
+    repeats: int = Field(default=1, ge=1, le=10)
+
+
+class AuditResult(_Answer):
+    models: list[str]
+    auc: dict[str, dict[str, float]] = Field(description='test AUC per model, of "full" and of "version"')
+    kendall_tau: float | None = Field(description="τ-b of the version's model ranking against full data's")
+    top1_regret: float = Field(description="full data's AUC lost by taking the version's best model")
+    mean_auc: dict[str, float]
+    seconds: float
+    alarm: bool = Field(description="τ below the stream's threshold")
+    threshold: float | None
+
+
+class Audit(_Answer):
+    id: int
+    stream: str
+    version: str
+    status: JobStatus
+    scheduled: bool = Field(description="made by the stream's audit policy rather than a request")
+    request: dict[str, Any]
+    blocks: dict[str, Any] = Field(description="evaluation blocks by stage: history, subsequent, valid, test")
+    progress: Progress | None
+    result: AuditResult | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from service import logs, problems
+from service import logs, problems, webhooks
 from service.etags import JsonETags
 from service.limits import BodyGuard
 from service.metrics import Metrics, RequestMetricsMiddleware
 from service.reconcile import Reconciled, reconcile
 from service.registry.db import Database
-from service.routes import aliases, blocks, datasets, diff, health, lifecycle, reports, streams
+from service.routes import aliases, audits, blocks, datasets, diff, health, lifecycle, reports, streams
+from service.routes import webhooks as webhook_routes
 from service.routes import jobs as job_routes
 from service.settings import Settings, get_settings
 from service.storage import Storage
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.storage_url, settings.storage_options)
     prepare_broker(settings)
     app.state.celery = make_celery(settings)
+    webhooks.send_after_commit(app.state.db, app.state.celery)
     app.state.metrics = Metrics(app.state.db)
 
     problems.install(app)
@@ -83,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idle_timeout_s=settings.body_timeout_s,
         exempt=lambda scope: scope["method"] == "POST" and scope["path"] == "/blocks",
     )
-    for module in (health, streams, blocks, job_routes, datasets, aliases, diff, lifecycle, reports):
+    # audits before jobs: /jobs/audit is not a job id
+    for module in (health, streams, blocks, audits, job_routes, datasets, aliases, diff, lifecycle, reports, webhook_routes):
         app.include_router(module.router, responses=problems.RESPONSES)
     return app
 

@@ -1,4 +1,5 @@
-"""Bearer tokens with scopes: ingest, distill, read, publish (move aliases), admin (admin may do everything).
+"""Bearer tokens with scopes: ingest, distill, read, publish (move aliases), webhooks, admin (admin may do
+everything).
 
 `DIET_BOOTSTRAP_TOKEN`, when set, is accepted as an admin token, so a fresh
 deployment (or a test) can start without a token in the database.

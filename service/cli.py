@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from diet_client.cli import EXIT_CODES_HELP, register
+from diet_client.cli.datasets import app as datasets_app
 from diet_engine.cli import app as engine_app
+from service.export_command import export
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -25,6 +27,7 @@ app = typer.Typer(
     help="DIET: continually distilled datasets for recommender systems.", epilog=EXIT_CODES_HELP, no_args_is_help=True
 )
 app.add_typer(engine_app)
+datasets_app.command("export")(export)  # before the group is mounted: the conversion needs the engine
 register(app)
 tokens_app = typer.Typer(help="API tokens of the service (stored hashed, shown once).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
@@ -70,7 +73,7 @@ def _registry() -> Iterator[Session]:
 
 @tokens_app.command("create")
 def tokens_create(
-    scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read, publish (aliases) or admin; repeat for several")],
+    scope: Annotated[list[str], typer.Option("--scope", help="ingest, distill, read, publish (aliases), webhooks or admin; repeat for several")],
     name: Annotated[str, typer.Option(help="who or what the token is for")] = "cli",
     expires_in: Annotated[
         str | None, typer.Option("--expires-in", help="lifetime, e.g. 90s, 15m, 12h, 30d, 2w [default: never]")

@@ -28,7 +28,7 @@ class EmbeddedWorker:
     def __init__(self, settings: Settings) -> None:
         self.command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-            "--pool=solo", "--concurrency=1", f"--queues={settings.queue}",
+            "--pool=solo", "--concurrency=1", f"--queues={settings.queue},{settings.queue}.webhooks",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
             f"--loglevel={settings.log_level}", "--hostname=diet-embedded@%h",
             "--beat",  # the only worker of this service: it also sends the periodic retention sweep

@@ -17,6 +17,8 @@ from service.settings import Settings
 
 DISTILL_TASK = "diet.distill"
 SWEEP_TASK = "diet.sweep"
+AUDIT_TASK = "diet.audit"
+WEBHOOK_TASK = "diet.webhook"
 
 
 def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
@@ -85,6 +87,20 @@ def prepare_broker(settings: Settings) -> None:
 
 def enqueue(celery: Celery, job_id: int) -> None:
     celery.send_task(DISTILL_TASK, args=[job_id], queue=celery.conf.task_default_queue)
+
+
+def enqueue_audit(celery: Celery, audit_id: int) -> None:
+    """Audits train candidates: they go where distill jobs go (the GPU workers)."""
+    celery.send_task(AUDIT_TASK, args=[audit_id], queue=celery.conf.task_default_queue)
+
+
+def webhook_queue(celery: Celery) -> str:
+    """Deliveries have a queue of their own, so a long stage on a worker never holds them up."""
+    return f"{celery.conf.task_default_queue}.webhooks"
+
+
+def enqueue_delivery(celery: Celery, delivery_id: int, countdown: float | None = None) -> None:
+    celery.send_task(WEBHOOK_TASK, args=[delivery_id], queue=webhook_queue(celery), countdown=countdown)
 
 
 def _marker_queue(celery: Celery) -> str:

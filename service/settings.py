@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     sweep_s: float = Field(
         default=3600.0, gt=0, description="how often the worker's beat applies retention policies and purges"
     )
+    webhook_max_attempts: int = Field(default=6, ge=1, le=50, description="tries of a delivery before it is failed")
+    webhook_backoff_s: float = Field(default=5.0, gt=0, description="wait before a delivery's first retry; doubles per retry")
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="longest wait for a receiver's answer")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "INFO"

@@ -20,7 +20,7 @@ from service.settings import get_settings
 from service.queue import make_celery, prepare_broker
 from worker.scratch import sweep_abandoned
 
-app = make_celery(get_settings(), include=["worker.tasks", "worker.sweep"])
+app = make_celery(get_settings(), include=["worker.tasks", "worker.sweep", "worker.audit", "worker.webhooks"])
 # A beat started with this app (`beat`, `worker --beat`) keeps its schedule file in the data directory.
 get_settings().data_dir.mkdir(parents=True, exist_ok=True)
 

@@ -38,16 +38,16 @@ from diet_engine.distill.checkpoint import StageCheckpoint, file_sha256
 from diet_engine.config import DistillConfig, ReferenceConfig
 from diet_engine.distill.stage import StageResult, distill_stage
 from diet_engine.data.schema import StreamSchema
-from service import job_config
+from service import job_config, webhooks
 from service.manifest import INTERNAL_ARTIFACTS, MANIFEST, manifest
-from service.registry import datasets, jobs, streams
+from service.registry import audits, datasets, jobs, streams
 from service.registry.db import Database
 from service.registry.tables import DatasetVersion, Job, JobStatus, utcnow
 from service.settings import Settings, get_settings
 from service.storage import Blob, Storage
 from worker.app import app
 from worker.progress import JobAborted, JobReporter, WallTimeExceeded
-from service.queue import DISTILL_TASK, enqueue
+from service.queue import DISTILL_TASK, enqueue, enqueue_audit
 from worker.scratch import scratch_folder
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,9 @@ def runtime() -> Runtime:
         # CPU results depend on how kernels split work between threads: pinning the count lets a
         # retry on another worker resume this one's checkpoint (its fingerprint records the count).
         torch.set_num_threads(settings.worker_threads)
-    return Runtime(settings, Database(settings.database_url), Storage(settings.storage_url, settings.storage_options))
+    db = Database(settings.database_url)
+    webhooks.send_after_commit(db, app)  # events this worker records go out when their transaction commits
+    return Runtime(settings, db, Storage(settings.storage_url, settings.storage_options))
 
 
 @app.task(name=DISTILL_TASK, bind=True, acks_late=True, max_retries=None)
@@ -121,6 +123,26 @@ def _mark_sent(rt: Runtime, job_id: int, sent: bool = True) -> None:
     with rt.db.session() as session:
         jobs.mark_sent(session, job_id, sent)
         session.commit()
+
+
+def send_audit(audit_id: int) -> None:
+    enqueue_audit(app, audit_id)
+
+
+def _schedule_audits(rt: Runtime, job_id: int, send: Callable[[int], None]) -> None:
+    """The audits the stream's policy asks for now (this version's, or an earlier one's whose blocks came)."""
+    try:
+        with rt.db.session() as session:
+            job = jobs.get(session, job_id)
+            made = [a.id for a in audits.schedule_due(session, job.stream)] if job is not None else []
+            session.commit()
+        for audit_id in made:
+            send(audit_id)
+            with rt.db.session() as session:
+                audits.mark_sent(session, audit_id)
+                session.commit()
+    except (*INFRASTRUCTURE_ERRORS,) as exc:  # the API's reconciler schedules and sends them next round
+        log.warning("could not schedule the audits after job %s: %s", job_id, exc)
 
 
 def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | None:
@@ -152,6 +174,7 @@ def run_job(rt: Runtime, job_id: int, send: Callable[[int], None]) -> float | No
     except Exception as exc:
         return _failed(rt, job_id, attempt, exc)
     log.info("job succeeded", extra={"job": job_id, "dataset": label})
+    _schedule_audits(rt, job_id, send_audit)
     with rt.db.session() as session:
         waiting = [j.id for j in jobs.waiting_on(session, job_id)]
     try:
@@ -339,6 +362,8 @@ def _register(
             *artifacts,
             {"name": MANIFEST, "key": blob.key, "bytes": blob.bytes, "sha256": blob.sha256},
         ]
+        session.flush()
+        webhooks.emit(session, job.stream_id, "version.created", manifest(version).model_dump(mode="json"))
         jobs.finish(session, job, JobStatus.succeeded)
         session.commit()
         label = version.label

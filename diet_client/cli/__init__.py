@@ -1,4 +1,4 @@
-"""The `diet` commands that talk to a running service (streams, blocks, distill, jobs, datasets, status).
+"""The `diet` commands that talk to a running service (streams, blocks, distill, jobs, datasets, audits, webhooks, status).
 
 `service/cli.py` mounts them beside the local ones (`serve`, `tokens`, the engine's `bench`, `convert`).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from diet_client.cli import blocks, datasets, jobs, streams
+from diet_client.cli import audits, blocks, datasets, jobs, streams, webhooks
 from diet_client.cli.common import EXIT_CODES_HELP
 
 
@@ -21,6 +21,9 @@ def register(app: typer.Typer) -> None:
     app.command("distill", rich_help_panel=PANEL)(jobs.distill)
     app.add_typer(jobs.app, name="jobs", rich_help_panel=PANEL)
     app.add_typer(datasets.app, name="datasets", rich_help_panel=PANEL)
+    app.command("audit", rich_help_panel=PANEL)(audits.audit)
+    app.add_typer(audits.app, name="audits", rich_help_panel=PANEL)
+    app.add_typer(webhooks.app, name="webhooks", rich_help_panel=PANEL)
     app.command("status", rich_help_panel=PANEL)(streams.status)
 
 

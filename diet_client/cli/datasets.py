@@ -1,5 +1,9 @@
 """`diet datasets ls|show|pull|report|diff|rm|restore` and `diet datasets alias ...`: find, fetch, compare,
-name and delete distilled dataset versions."""
+name and delete distilled dataset versions.
+
+`diet datasets export` is added to this group by service/cli.py: it converts with the engine, which
+the bare client does not install.
+"""
 
 from __future__ import annotations
 

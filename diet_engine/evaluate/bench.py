@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.data.convert.ml_100k import ML100K_SCHEMA, convert_ml100k, is_ml100k_dir
 from diet_engine.data.convert.ml_1m import ML1M_SCHEMA, convert_ml1m, is_ml1m_dir
 from diet_engine.data.convert.splits import load_split_dir
-from diet_engine.data.blocks import TensorBlock
+from diet_engine.data.blocks import Block, TensorBlock
 from diet_engine.distill.stage import distill_in_memory, module_on
 from diet_engine.models import MODELS
 from diet_engine.models.base import CTRModel
@@ -174,14 +175,27 @@ def run_cell(
         finetune, history_rows = [splits.subsequent], len(sets[method])
         kwargs.update(embeddings=final_embedding, distilled=sets[method], probe=splits.test)
     candidate_cfg = cfg.candidate.model_copy(update={"arch": candidate.arch})
+    return train_cell(candidate.model, splits.schema, finetune, splits.valid, splits.test, candidate_cfg,
+                      cfg.candidate_repeats, seed, history_rows, device=cfg.device, backbone=candidate.backbone,
+                      **kwargs)  # fmt: skip
+
+
+def train_cell(
+    model: str, schema: StreamSchema, finetune: list[Block], valid: TensorBlock, test: TensorBlock,
+    candidate: CandidateConfig, repeats: int, seed: int, history_rows: int, device: str = "cpu", **kwargs: Any,
+) -> dict:
+    """One cell: `repeats` candidates (seeds seed, seed+1000, …) by the shared protocol, each tested.
+
+    `kwargs` go to train_candidate (embeddings, distilled, probe, backbone). The audit of a dataset
+    version (diet_engine.evaluate.audit) trains its cells here too, so its numbers are the bench's.
+    """
     runs, tests, seconds = [], [], []
-    for repeat in range(cfg.candidate_repeats):
+    for repeat in range(repeats):
         t0 = time.perf_counter()
-        runs.append(train_candidate(candidate.model, splits.schema, finetune=finetune, valid=splits.valid,
-                                    cfg=candidate_cfg, seed=seed + 1000 * repeat, backbone=candidate.backbone,
-                                    device=cfg.device, **kwargs))
+        runs.append(train_candidate(model, schema, finetune=finetune, valid=valid, cfg=candidate,
+                                    seed=seed + 1000 * repeat, device=device, **kwargs))
         seconds.append(time.perf_counter() - t0)
-        tests.append(evaluate(runs[-1].model, splits.test, cfg.device))
+        tests.append(evaluate(runs[-1].model, test, device))
     return {"auc": statistics.fmean(t.mean_auc for t in tests), "logloss": statistics.fmean(t.mean_logloss for t in tests),
             "train_seconds": statistics.fmean(seconds), "history_rows": history_rows,
             "auc_repeats": [t.mean_auc for t in tests],

@@ -82,6 +82,25 @@ def grouped_bars(
     return _svg(fig)
 
 
+def line_over(labels: Sequence[str], values: Sequence[float | None], ylabel: str, threshold: float | None = None) -> str:
+    """One value per label (e.g. each audited version's τ), with an optional threshold line."""
+    fig = _figure(max(4.0, 0.9 * len(labels) + 2.0), 2.6)
+    ax = fig.subplots()
+    points = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=COLOURS[0], label=ylabel)
+    if threshold is not None:
+        ax.axhline(threshold, color=COLOURS[3], linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        low = [p for p in points if p[1] < threshold]
+        ax.scatter([p[0] for p in low], [p[1] for p in low], color=COLOURS[3], zorder=3, s=40)
+    ax.set_xticks(range(len(labels)), list(labels))
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, frameon=False)
+    _style(ax)
+    return _svg(fig)
+
+
 def stacked_rows(labels: Sequence[str], parts: dict[str, Sequence[int]], ylabel: str) -> str:
     """Bars per label, stacked by part (e.g. new and kept rows of each version)."""
     fig = _figure(max(4.0, 0.9 * len(labels) + 2.0), 2.8)

@@ -121,6 +121,18 @@ FIDELITY_KEYS = ("pool", "mean_auc", "kendall_tau", "kendall_tau_interval", "spe
                  "set_alone", "best_reduced")
 
 
+class AuditRow(BaseModel):
+    """One audited version of the stream: its candidates' ranking against full data's (service audits)."""
+
+    version: str
+    created_at: str | None = None
+    kendall_tau: float | None
+    top1_regret: float
+    mean_auc: float  # the version's candidates'
+    full_mean_auc: float  # full history's
+    alarm: bool
+
+
 class Report(BaseModel):
     title: str
     subtitle: str
@@ -134,6 +146,8 @@ class Report(BaseModel):
     config: dict[str, Any] | None = None
     diff: VersionDiff | None = None  # against the parent version
     diff_note: str | None = None  # why there is no diff, when there is a parent
+    audits: list[AuditRow] = Field(default_factory=list)  # oldest version first
+    audit_threshold: float | None = None
 
 
 # --------------------------------------------------------------------------- soft label rates
@@ -183,10 +197,13 @@ def dataset_report(
     distilled: SoftLabelRates,
     diff: VersionDiff | None = None,
     diff_note: str | None = None,
+    audits: Sequence[AuditRow] = (),
+    audit_threshold: float | None = None,
 ) -> Report:
     """The report of a dataset version from its manifests (its ancestors first, itself last),
     the label rates of the real blocks by stage, the soft label rates of its synthetic rows and,
-    when given, its diff against its parent (diet_engine.dataset.diff)."""
+    when given, its diff against its parent (diet_engine.dataset.diff) and the stream's audited
+    versions (τ over time, flagged below `audit_threshold`)."""
     if not lineage:
         raise ValueError("a dataset report needs at least the version's own manifest")
     version = lineage[-1]
@@ -235,6 +252,7 @@ def dataset_report(
         subtitle=f"stream {version.get('stream', '?')}, stage {version['stage']}, job {version.get('job', '?')}",
         facts=facts, tasks=distilled.tasks, temperature=distilled.temperature, lineage=rows, balance=balance,
         curves=curves, evaluation=None, config=version.get("config"), diff=diff, diff_note=diff_note,
+        audits=list(audits), audit_threshold=audit_threshold,
     )  # fmt: skip
 
 
@@ -337,6 +355,7 @@ def render(report: Report, generated: datetime | None = None) -> str:
         _curves(report.curves),
         _diff(report.diff, report.diff_note),
         _evaluation(report.evaluation),
+        _audits(report.audits, report.audit_threshold),
         _config(report.config),
     ]
     return PAGE.substitute(
@@ -527,6 +546,27 @@ def _fidelity(ev: Evaluation, means: list[float]) -> str:
         + '<p class="note">Each point a candidate: its test AUC under a method against its full-data test AUC '
         "(the paper's Figure 1). A method that ranks as full data does lies along a rising line.</p>"
         + "</section>"
+    )
+
+
+def _audits(rows: list[AuditRow], threshold: float | None) -> str:
+    if not rows:
+        return ""
+    plot = report_plots.line_over(
+        [f"v{r.version.rsplit('@v', 1)[-1]}" for r in rows], [r.kendall_tau for r in rows], "Kendall τ", threshold
+    )
+    head = ["version", "audited", "Kendall τ", "top-1 regret", "mean AUC", "full data's", "flag"]
+    body = [
+        [r.version, r.created_at or "–", "–" if r.kendall_tau is None else f"{r.kendall_tau:+.2f}",
+         f"{r.top1_regret:.4f}", _num(r.mean_auc), _num(r.full_mean_auc), "τ below threshold" if r.alarm else ""]
+        for r in rows
+    ]  # fmt: skip
+    bar = "" if threshold is None else f" The stream's alarm threshold is τ = {threshold:g}."
+    return (
+        '<section id="audits"><h2>Audits: does it rank models like full history?</h2>'
+        "<p class=\"note\">Each audit trains a pool of architectures on the version and on full history and "
+        "compares their test-AUC rankings (Kendall τ-b; top-1 regret is full data's AUC lost by taking the "
+        f"version's best model).{_e(bar)}</p>" + plot + _table(head, body, text_columns=2) + "</section>"
     )
 
 

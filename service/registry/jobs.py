@@ -19,7 +19,8 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.registry.paging import Page, paginate
-from service.registry.tables import ACTIVE, Job, JobStatus, utcnow
+from service import webhooks
+from service.registry.tables import ACTIVE, DatasetVersion, Job, JobStatus, utcnow
 
 
 def get(session: Session, job_id: int, *, lock: bool = False) -> Job | None:
@@ -194,6 +195,7 @@ def finish(session: Session, job: Job, status: JobStatus, error: str | None = No
     job.status = status.value
     job.error = error
     job.finished_at = utcnow()
+    _announce(session, job)
     if status is JobStatus.succeeded:
         return
     for waiting in waiting_on(session, job.id):
@@ -203,6 +205,17 @@ def finish(session: Session, job: Job, status: JobStatus, error: str | None = No
             JobStatus.failed,
             f"stage {job.stage} job {job.id} was {status.value}: no stage {job.stage} dataset to continue from",
         )
+
+
+def _announce(session: Session, job: Job) -> None:
+    """job.finished (succeeded) or job.failed (failed, cancelled) to the stream's webhooks."""
+    session.flush()
+    dataset = session.scalar(select(DatasetVersion).where(DatasetVersion.job_id == job.id))
+    event = "job.finished" if job.status == JobStatus.succeeded.value else "job.failed"
+    webhooks.emit(session, job.stream_id, event, {
+        "kind": "distill", "job": job.id, "stage": job.stage, "status": job.status, "error": job.error,
+        "dataset": dataset.label if dataset else None,
+    })  # fmt: skip
 
 
 def waiting_on(session: Session, job_id: int) -> list[Job]:

@@ -18,9 +18,15 @@ def by_name(session: Session, name: str, *, lock: bool = False) -> Stream | None
 
 
 def create(
-    session: Session, name: str, schema: dict[str, Any], reference: dict[str, Any], distill: dict[str, Any]
+    session: Session,
+    name: str,
+    schema: dict[str, Any],
+    reference: dict[str, Any],
+    distill: dict[str, Any],
+    licence: str | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> Stream:
-    stream = Stream(name=name, schema_doc=schema, reference=reference, distill=distill)
+    stream = Stream(name=name, schema_doc=schema, reference=reference, distill=distill, licence=licence, audit=audit)
     session.add(stream)
     session.flush()
     return stream

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.registry.tables import Token, utcnow
 
-SCOPES = ("ingest", "distill", "read", "publish", "admin")  # publish: move aliases
+SCOPES = ("ingest", "distill", "read", "publish", "webhooks", "admin")  # publish: move aliases
 PREFIX = "diet_"
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

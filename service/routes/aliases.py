@@ -8,18 +8,31 @@ from fastapi import APIRouter, Depends, Path, Response
 from sqlalchemy.orm import Session
 
 from diet_client.models import Alias, Aliases, AliasIn, AliasMove
+from service import webhooks
 from service.auth import Principal, require
 from service.deps import SessionDep
 from service.pages import MAX_ID
 from service.problems import Problem
 from service.registry import aliases, datasets, streams
 from service.registry.tables import Alias as AliasRow
-from service.registry.tables import AliasEvent, Stream
+from service.registry.tables import AliasEvent, DatasetVersion, Stream
 from service.routes.streams import find_stream
 
 router = APIRouter(tags=["aliases"])
 
 AliasName = Annotated[str, Path(description="a letter, then letters, digits, '_' or '-'; not 'latest' nor vN")]
+
+
+def _announce(session: Session, stream: Stream, event: AliasEvent) -> None:
+    """alias.moved to the stream's webhooks (sent once the move commits); `to` null: removed."""
+
+    def label(version_id: int | None) -> str | None:
+        return session.get(DatasetVersion, version_id).label if version_id is not None else None
+
+    webhooks.emit(session, stream, "alias.moved", {
+        "alias": event.name, "from": label(event.from_version_id), "to": label(event.to_version_id),
+        "by": event.actor, "at": event.at.isoformat(),
+    })  # fmt: skip
 
 
 def move_out(event: AliasEvent) -> AliasMove:
@@ -73,7 +86,9 @@ def set_alias(
     if version.deleted_at is not None:
         raise Problem(409, f"{version.label} is deleted: restore it before pointing an alias at it")
     existed = aliases.get(session, row.id, name) is not None
-    alias, _ = aliases.move(session, row.id, name, version, principal.name)
+    alias, event = aliases.move(session, row.id, name, version, principal.name)
+    if event is not None:
+        _announce(session, row, event)
     session.commit()
     response.status_code = 200 if existed else 201
     return alias_out(alias, row, aliases.history(session, row.id))
@@ -90,6 +105,7 @@ def remove_alias(
     if alias is None:
         raise Problem(404, f"stream {row.name!r} has no alias {name!r}")
     event = aliases.remove(session, alias, principal.name)
+    _announce(session, row, event)
     session.commit()
     session.refresh(event)
     return move_out(event)

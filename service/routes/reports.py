@@ -1,7 +1,7 @@
 """GET /datasets/{version}/report: a version's HTML page (lineage, sizes, label balance, loss curves).
 
 The page is drawn by diet_engine.evaluate.report from the registry (the version and its parents, the
-blocks' label rates) and the version's synthetic.parquet, of which only the stage and logit
+blocks' label rates, the stream's audited versions) and the version's synthetic.parquet, of which only the stage and logit
 columns are read.
 """
 
@@ -13,12 +13,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from diet_engine.dataset.artifacts import SYNTHETIC
-from diet_engine.evaluate.report import dataset_report, render, synthetic_label_rates
+from diet_engine.evaluate.report import AuditRow, dataset_report, render, synthetic_label_rates
 from service import diffs
 from service.auth import require
 from service.deps import DatabaseDep, StorageDep
 from service.manifest import manifest
-from service.registry import blocks
+from service.registry import audits, blocks
+from service.registry.tables import Audit
 from service.routes.datasets import RESOLVED_HEADER, find_version
 
 router = APIRouter(tags=["datasets"])
@@ -60,10 +61,24 @@ def report(version: str, db: DatabaseDep, storage: StorageDep) -> HTMLResponse:
             block = blocks.get(session, ref["id"])
             if block is not None:
                 label_rates[block.stage] = block.label_rates
+        threshold = (found.stream.audit or {}).get("threshold")
+        audit_rows = [audit_row(a, threshold) for a in audits.history(session, found.stream_id)]
         synthetic_key = next(a["key"] for a in found.artifacts if a["name"] == SYNTHETIC)
         temperature = float(found.config.get("distill", {}).get("temperature", 1.0))  # as the soft labels were made
     with storage.open(synthetic_key) as fh:
         distilled = synthetic_label_rates(fh, temperature)
     diff = diffs.compare(storage, parent_side, own_side) if parent_side is not None else None
-    page = render(dataset_report(lineage, label_rates, distilled, diff=diff, diff_note=diff_note))
+    page = render(dataset_report(lineage, label_rates, distilled, diff=diff, diff_note=diff_note,
+                                 audits=audit_rows, audit_threshold=threshold))  # fmt: skip
     return HTMLResponse(page, headers={**HEADERS, RESOLVED_HEADER: label})
+
+
+def audit_row(audit: Audit, threshold: float | None) -> AuditRow:
+    """A succeeded audit, flagged when its τ is below the stream's threshold."""
+    result = audit.result or {}
+    tau = result.get("kendall_tau")
+    return AuditRow(
+        version=audit.version.label, created_at=audit.finished_at.strftime("%Y-%m-%d %H:%M") if audit.finished_at else None,
+        kendall_tau=tau, top1_regret=result["top1_regret"],
+        mean_auc=result["mean_auc"]["version"], full_mean_auc=result["mean_auc"]["full"], alarm=threshold is not None and tau is not None and tau < threshold,
+    )  # fmt: skip

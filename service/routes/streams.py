@@ -11,7 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from diet_client import models as wire
-from diet_engine.config import ReferenceConfig
+from diet_client.models import AuditPolicy
+from diet_engine.config import CandidateConfig, ReferenceConfig
+from diet_engine.evaluate.audit import AuditConfig, pool_models
 from diet_engine.models import MODELS
 from diet_engine.data.schema import NAME, StreamSchema
 from service.answers import from_row
@@ -33,6 +35,20 @@ class StreamIn(BaseModel):
     stream_schema: StreamSchema = Field(alias="schema", description="exactly the schema.json `diet convert` writes")
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     distill: JobConfig = Field(default_factory=JobConfig, description="defaults of every distill job")
+    licence: str | None = Field(
+        default=None, max_length=200, pattern=r"^[ -~]+$", description="the data's licence (an SPDX id), carried by exports"
+    )
+    audit: AuditPolicy | None = Field(default=None, description="audit every k-th stage's version (POST /jobs/audit)")
+
+    @field_validator("audit")
+    @classmethod
+    def _known_pool(cls, audit: AuditPolicy | None) -> AuditPolicy | None:
+        if audit is not None:
+            AuditConfig(models=audit.models or pool_models(audit.pool), candidate=audit.candidate, repeats=audit.repeats)
+            if "arch" in audit.candidate:
+                raise ValueError("candidate.arch is the version's reference architecture")
+            CandidateConfig.model_validate(audit.candidate)
+        return audit
 
     @field_validator("reference")
     @classmethod
@@ -47,6 +63,8 @@ class StreamIn(BaseModel):
             "reference": self.reference.model_dump(mode="json"),
             # no limit of its own: left out, as before there were limits (so older streams compare equal)
             "distill": self.distill.model_dump(mode="json", exclude={WALL_TIME} if self.distill.wall_time_s is None else None),
+            "licence": self.licence,
+            "audit": self.audit.model_dump(mode="json") if self.audit else None,
         }
 
 
@@ -93,7 +111,10 @@ def create_stream(body: StreamIn, session: SessionDep, settings: SettingsDep, re
         except IntegrityError:
             session.rollback()  # created meanwhile by a concurrent request: compare with that one
             existing = find_stream(session, body.name)
-    current = {"schema": existing.schema_doc, "reference": existing.reference, "distill": existing.distill}
+    current = {
+        "schema": existing.schema_doc, "reference": existing.reference, "distill": existing.distill,
+        "licence": existing.licence, "audit": existing.audit,
+    }  # fmt: skip
     if current != wanted:
         differs = sorted(k for k in wanted if wanted[k] != current[k])
         raise Problem(

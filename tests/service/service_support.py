@@ -185,7 +185,58 @@ def worker_process(name: str, env: dict[str, str], log_dir: Path, *, beat: bool 
     With `beat`, it also runs the beat that sends the periodic retention sweep (every DIET_SWEEP_S)."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=prefork", "--concurrency=1",
-        f"--queues={env['DIET_QUEUE']}", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
+        f"--queues={env['DIET_QUEUE']},{env['DIET_QUEUE']}.webhooks", "--loglevel=INFO", f"--hostname={env['DIET_QUEUE']}-{name}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat", *(["--beat"] if beat else []),
     ]  # fmt: skip
     return Process(name, command, env, log_dir)
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.time() when it arrived (a signature's age is checked against it)
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records every POST and answers with the next status of `answers`
+    (then 200): a webhook receiver for the tests."""
+
+    def __init__(self, answers: list[int] | None = None) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.answers = list(answers or [])
+        self.received: list[Received] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer._lock:
+                    outer.received.append(Received(self.path, dict(self.headers.items()), body, time.time()))
+                    status = outer.answers.pop(0) if outer.answers else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the receiver got {len(self.received)} of {count} requests in {timeout}s")
+            time.sleep(0.05)
+        return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

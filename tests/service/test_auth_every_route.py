@@ -27,7 +27,7 @@ pytestmark = pytest.mark.security
 
 # Reachable without a token: liveness, readiness and the API's own description.
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-SCOPES = ("ingest", "distill", "read", "publish")
+SCOPES = ("ingest", "distill", "read", "publish", "webhooks")
 
 
 # Routes that delete or free data: admin tokens only.

@@ -183,3 +183,36 @@ def test_exit_codes_scripts_can_trust(served, ml100k_dir, ml100k_schema):
     ended = diet(served, "jobs", "wait", str(second["id"]), expect=4)
     assert "did not succeed: cancelled" in ended.stderr
     assert "cancelled" in diet(served, "jobs", "cancel", str(first["id"])).stdout  # the worker stops it
+
+
+def test_export_webhooks_and_audit_commands(served, ml100k_dir, tmp_path):
+    """After the first test: ml_100k@v1 and @v2 exist."""
+    datasets = pytest.importorskip("datasets")
+    exported = diet_json(served, "datasets", "export", "ml_100k@v2", "--format", "hf", "--to", str(tmp_path / "hf"))
+    assert exported["version"] == "ml_100k@v2" and exported["format"] == "hf"
+    loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "hf"), split="train")
+    assert len(loaded) == exported["rows"] == diet_json(served, "datasets", "show", "ml_100k@v2")["rows"]
+    assert {"stage", "emb_user_id", "soft_like", "logit_love"} <= set(loaded.column_names)
+    assert "license: \"unknown\"" in (tmp_path / "hf" / "README.md").read_text()  # the stream names no licence
+    flat = diet(served, "datasets", "export", "ml_100k@v1", "--format", "parquet", "--to", str(tmp_path / "flat"))
+    assert "ml_100k-v1.parquet" in flat.stdout and (tmp_path / "flat" / "ml_100k-v1.parquet").is_file()
+
+    env = {"DIET_WEBHOOK_SECRET": "cli-secret-0123456789"}
+    hook = json.loads(diet(served, "webhooks", "add", "ml_100k", "--to", "http://127.0.0.1:9/h", "--event", "audit.alarm",
+                           "--event", "job.finished", "--json", env=env).stdout)  # fmt: skip
+    assert hook["events"] == ["audit.alarm", "job.finished"]
+    assert "http://127.0.0.1:9/h" in diet(served, "webhooks", "ls", "--stream", "ml_100k").stdout
+    assert diet_json(served, "webhooks", "deliveries", str(hook["id"]))["total"] == 0
+    assert "deleted" in diet(served, "webhooks", "rm", str(hook["id"])).stdout
+    assert "no webhook" in diet(served, "webhooks", "show", str(hook["id"]), expect=1).stderr
+
+    refused = diet(served, "audit", "ml_100k@v1", "--model", "dcn", "--model", "magic", expect=1)
+    assert "unknown models" in refused.stderr
+    missing = diet(served, "audit", "ml_100k@v1", "--model", "dcn", "--model", "finalnet", expect=1)
+    assert "stage 3 of 'ml_100k' (valid) has no block" in missing.stderr
+    diet(served, "blocks", "push", "ml_100k", str(ml100k_dir / "b3.parquet"), str(ml100k_dir / "subsequent.parquet"))
+    queued = diet(served, "audit", "ml_100k@v1", "--model", "dcn", "--model", "finalnet", "--set", "distilled_epochs=1")
+    assert "of ml_100k@v1" in queued.stdout and "blocks: subsequent 2, valid 3, test 4" in queued.stdout
+    [listed] = diet_json(served, "audits", "ls", "--version", "ml_100k@v1")["items"]
+    assert listed["request"]["candidate"] == {"distilled_epochs": 1} and listed["request"]["models"] == ["dcn", "finalnet"]
+    assert f"audit {listed['id']} of ml_100k@v1" in diet(served, "audits", "show", str(listed["id"])).stdout

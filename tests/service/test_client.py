@@ -249,3 +249,21 @@ def test_service_refusals_come_back_as_problems(diet, service):
             anonymous.streams()
     assert unauthorised.value.status == 401
     assert "diet_http_requests" in diet.metrics()
+
+
+def test_webhooks_and_audits_through_the_client(diet, ml100k_schema):
+    name = f"c_{secrets.token_hex(4)}"
+    stream = diet.create_stream(name, ml100k_schema, licence="CC-BY-4.0", audit={"every": 3, "threshold": 0.5})
+    assert stream.licence == "CC-BY-4.0" and stream.audit["every"] == 3 and stream.audit["threshold"] == 0.5
+    hook = diet.create_webhook(name, "http://127.0.0.1:9/hook", ["audit.alarm", "version.created"], "x" * 16)
+    assert hook.stream == name and hook.events == ["audit.alarm", "version.created"]
+    assert diet.webhook(hook.id) == hook and hook in diet.webhooks(name).items
+    assert diet.deliveries(hook.id).total == 0
+    assert diet.delete_webhook(hook.id) == hook
+    with pytest.raises(ApiError) as refused:
+        diet.webhook(hook.id)
+    assert refused.value.status == 404
+    assert diet.audits(name).total == 0
+    with pytest.raises(ApiError) as refused:
+        diet.audit(f"{name}@v1", models=["dcn", "dcnv2"])
+    assert refused.value.status == 404 and "no dataset version" in refused.value.detail

@@ -11,7 +11,10 @@ from sqlalchemy import create_engine, inspect, text
 from service.registry import migrate
 from service.registry.tables import Base
 
-TABLES = {"tokens", "streams", "blocks", "jobs", "dataset_versions", "aliases", "alias_events", "retention_policies"}
+TABLES = {
+    "tokens", "streams", "blocks", "jobs", "dataset_versions", "aliases", "alias_events", "retention_policies",
+    "audits", "webhooks", "webhook_deliveries",
+}  # fmt: skip
 HEAD = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head()
 
 
@@ -30,7 +33,10 @@ def _check_round_trip(url: str) -> None:
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         migrate.upgrade(url)
         assert TABLES <= set(inspect(engine).get_table_names())
-        # Down to before token expiry and up again: the tables and the code agree at head again.
+        # Down step by step and up again: the tables and the code agree at head again.
+        migrate.downgrade(url, "0004")  # before webhooks, audits and the streams' licence and audit policy
+        assert not {"audits", "webhooks", "webhook_deliveries"} & set(inspect(engine).get_table_names())
+        assert not {"licence", "audit"} & {c["name"] for c in inspect(engine).get_columns("streams")}
         migrate.downgrade(url, "0003")  # before aliases, retention and soft deletion
         assert not {"aliases", "alias_events", "retention_policies"} & set(inspect(engine).get_table_names())
         assert "deleted_at" not in {c["name"] for c in inspect(engine).get_columns("dataset_versions")}

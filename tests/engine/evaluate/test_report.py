@@ -120,3 +120,18 @@ def test_bench_writes_report_html_that_chromium_renders(tiny_stream, tmp_path):
     keep_copy(tmp_path / "bench.png", "bench-report.png")
     assert image.shape[0] >= 2000 and image.shape[1] >= 1200
     assert plot_pixels(image) > 2000, "the inline SVG plots did not render"
+
+
+def test_a_version_page_plots_tau_over_the_audited_versions_and_flags_the_low_ones():
+    from diet_engine.evaluate.report import AuditRow
+
+    distilled = soft_label_rates(np.array([1] * 20), np.zeros((20, 2)), ["like", "love"])
+    audits = [
+        AuditRow(version="s@v1", kendall_tau=0.8, top1_regret=0.0, mean_auc=0.71, full_mean_auc=0.72, alarm=False),
+        AuditRow(version="s@v2", kendall_tau=0.2, top1_regret=0.0125, mean_auc=0.69, full_mean_auc=0.72, alarm=True),
+    ]
+    page = render(dataset_report([manifest(1)], {1: {"like": 0.5, "love": 0.2}}, distilled, audits=audits, audit_threshold=0.6))
+    assert '<section id="audits">' in page and "threshold is τ = 0.6" in page
+    assert page.count("<svg") == 4  # τ over the audited versions beside the others
+    assert page.count("τ below threshold") == 1 and "+0.20" in page and "0.0125" in page
+    assert 'id="audits"' not in render(dataset_report([manifest(1)], {1: {"like": 0.5, "love": 0.2}}, distilled))
