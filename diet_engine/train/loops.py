@@ -203,14 +203,23 @@ def train_soft_epoch(
     # the rows are data here: no gradient flows back into the set (and no autograd node of it outlives a step,
     # which would tie the captured backward to the stream it was made on)
     emb, logits = syn.emb.detach().to(device), syn.logits.detach().to(device)
-    order = torch.randperm(len(syn), generator=gen).to(device)  # SyntheticSet.batches' draw: same batches
-    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no wait per step
-    for start in range(0, len(syn), batch_size):
+
+    def step(idx: Tensor) -> Tensor:
+        graphed = _soft_step_graph(model, opt, emb, logits, len(idx), temperature)
+        return graphed(idx) if graphed is not None else soft_step(model, opt, emb, logits, idx, temperature)
+
+    return _epoch(len(syn), batch_size, gen, device, step)
+
+
+def _epoch(n: int, batch_size: int, gen: torch.Generator, device: str, step: Callable[[Tensor], Tensor]) -> float:
+    """`step` on each batch of one shuffled pass over n rows (SyntheticSet.batches' draw: same batches); the
+    mean loss, summed on the device (no wait per step)."""
+    order = torch.randperm(n, generator=gen).to(device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        step = _soft_step_graph(model, opt, emb, logits, len(idx), temperature)
-        loss = step(idx) if step is not None else soft_step(model, opt, emb, logits, idx, temperature)
-        total.add_(loss, alpha=len(idx))
-    return float(total) / max(len(syn), 1)
+        total.add_(step(idx), alpha=len(idx))
+    return float(total) / max(n, 1)
 
 
 def train_anchored_epoch(
@@ -229,17 +238,16 @@ def train_anchored_epoch(
     model.train()
     cat, num = syn.src_cat.to(device), syn.src_num.to(device)
     logits = syn.logits.detach().to(device)
-    order = torch.randperm(len(syn), generator=gen).to(device)  # the same draw as train_soft_epoch's
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for start in range(0, len(syn), batch_size):
-        idx = order[start : start + batch_size]
+
+    def step(idx: Tensor) -> Tensor:
         emb = model.embedding(cat.index_select(0, idx), num.index_select(0, idx)) + offsets.index_select(0, idx)
         loss = bce(model.dense(emb), soft_targets(logits.index_select(0, idx), temperature))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        total.add_(loss.detach(), alpha=len(idx))
-    return float(total) / max(len(syn), 1)
+        return loss.detach()
+
+    return _epoch(len(syn), batch_size, gen, device, step)  # the same batches as train_soft_epoch's
 
 
 @torch.no_grad()
