@@ -154,7 +154,7 @@ def optimise_memory(
             with torch.no_grad():
                 h_loss = bce(functional_call(dense_prev, start, (pool_emb[plan.hard],)), pool_labels[plan.hard])
             log.hard_loss_start.append(float(h_loss))
-        if proxies is not None and it == first and first == 0:
+        if proxies is not None and it == 0:  # a resumed loop restored the pool as it was
             proxies.stagger(syn, plan.active)
         slot = proxies.pick() if proxies is not None else None
         unroll = draw_unroll(plan.active, cfg, gen, syn.emb.device)

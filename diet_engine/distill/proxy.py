@@ -55,26 +55,22 @@ class ProxyPool:
         self.fields, self.dim, self.tasks = syn.emb.shape[1], syn.emb.shape[2], syn.logits.shape[1]
         self.arch = ModelConfig(embedding_dim=self.dim)
         names = cfg.proxy_models or [architecture_of(reference_dense)]
-        self.slots = []
-        for i in range(cfg.pool_size):
-            with torch.random.fork_rng(devices=[]):  # the module's own values are never used: only its shapes
-                module = self._build(names[i % len(names)])
-            slot = ProxySlot(names[i % len(names)], module)
-            self._reinit(slot)  # drawn from the loop's generator
-            self.slots.append(slot)
+        self.slots = [ProxySlot(names[i % len(names)], self._fresh(names[i % len(names)])) for i in range(cfg.pool_size)]
 
-    def _build(self, name: str) -> nn.Module:
-        """A dense network of the zoo's `name`, initialised as `build_model` does (its own inits, then Glorot)."""
-        dense = DenseNet(MODELS[name](self.fields, self.dim, self.arch), self.tasks, self.arch)
-        xavier_(dense)
+    def _fresh(self, name: str) -> nn.Module:
+        """A dense network of the zoo's `name`, initialised as `build_model` does (its own inits, then Glorot),
+        from the loop's generator, leaving the global RNG as it was."""
+        seed = int(torch.randint(2**62, (1,), generator=self.gen))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            dense = DenseNet(MODELS[name](self.fields, self.dim, self.arch), self.tasks, self.arch)
+            xavier_(dense)
         return dense.to(self.device).eval()
 
     def _reinit(self, slot: ProxySlot) -> None:
-        """A fresh init from the loop's generator, leaving the global RNG as it was."""
-        seed = int(torch.randint(2**62, (1,), generator=self.gen))
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            fresh = dict(self._build(slot.name).named_parameters())
+        """The slot restarted from a fresh init: new weights, zero moments and steps."""
+        with torch.no_grad():
+            fresh = dict(self._fresh(slot.name).named_parameters())
             for k in slot.params:
                 slot.params[k].copy_(fresh[k])
                 slot.m[k].zero_()
