@@ -130,6 +130,12 @@ class CandidateConfig(_Config):
     # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;
     # the one best on validation is kept (the same rule for every method that fine-tunes). None: `train.lr`
     finetune_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
+    # rates tried for the *inherited* embedding tables in that fine-tune (a candidate that builds its own
+    # tables, full data and cold start, ignores it): each with each of `finetune_lrs`, the pair best on
+    # validation kept. A fresh Adam at the dense rate moves every table row a batch touches by about that
+    # rate per step, whatever its gradient, and erases what the reference's tables had learned
+    # (benchmarks/README.md, seventh round). None: the fine-tune's own rate for the tables too
+    finetune_embedding_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
     # the distilled phase trains the dense part on the set's embeddings ("frozen", the paper), or also the
     # embedding tables through each row's real ids ("tuned": the row is its ids' embedding plus a fixed
     # offset, train.loops.train_anchored_epoch) so each architecture adapts the inherited tables to itself

@@ -202,6 +202,7 @@ def train_cell(
             "auc_tasks": {task: statistics.fmean(t.auc[task] for t in tests) for task in tests[0].auc},
             "best_epoch": [r.best_epoch for r in runs], "best_lr": [r.best_lr for r in runs],
             "finetune_lr": [r.finetune_lr for r in runs],
+            "finetune_embedding_lr": [r.finetune_embedding_lr for r in runs],
             # how well the set alone trains the candidate's dense part (its best validation AUC before the fine-tune)
             "distilled_valid_auc": [max(r.valid_auc) if r.valid_auc else None for r in runs],
             # and its test AUC then: the paper's "distilled data only" figure

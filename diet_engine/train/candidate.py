@@ -5,8 +5,9 @@ embedding tables, trains its dense part on the set's embeddings with soft
 labels for up to `distilled_epochs` epochs at each of a few learning rates,
 keeping the best (rate, epoch) on validation, then fine-tunes the whole model
 for one epoch on each block of `finetune` (the subsequent block), at each rate of `finetune_lrs`
-when several are given, keeping the one best on validation. Without a set it is one of the data
-baselines: full history, cold start, or warm-up start.
+and, for inherited tables, each table rate of `finetune_embedding_lrs`, keeping the pair best on
+validation. Without a set it is one of the data baselines: full history, cold start, or warm-up
+start (which inherits the tables too, and so the same fine-tune rule).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class CandidateRun:
     distilled_epochs_run: int = 0  # over every rate tried
     set_only_auc: float | None = None  # on `probe`, after the distilled phase and before the fine-tune
     finetune_lr: float | None = None  # the fine-tune's rate (the best on validation when several were tried)
+    finetune_embedding_lr: float | None = None  # and its rate for the embedding tables
 
 
 def train_candidate(
@@ -72,24 +74,33 @@ def train_candidate(
         _fit_on_distilled(run, distilled, valid, cfg, gen, device)
         if probe is not None:
             run.set_only_auc = _valid_auc(model, probe, device)
-    if cfg.finetune_lrs is None or len(cfg.finetune_lrs) == 1:
-        lr = cfg.train.lr if cfg.finetune_lrs is None else cfg.finetune_lrs[0]
-        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
-        run.finetune_lr = lr
-        return run
-    # each rate from the same weights and the same batches; the best on validation is kept
-    start, draws, best = copy.deepcopy(model.state_dict()), gen.get_state(), (-1.0, None, None)
-    for lr in cfg.finetune_lrs:
-        model.load_state_dict(start)
-        gen.set_state(draws)
-        _finetune(model, finetune, cfg.train.model_copy(update={"lr": lr}), gen, device)
-        auc = _valid_auc(model, valid, device)
-        if auc > best[0]:
-            best = (auc, lr, copy.deepcopy(model.state_dict()))
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    run.finetune_lr = best[1]
+    trials = finetune_trials(cfg, inherited=embeddings is not None)
+    if len(trials) == 1:
+        _finetune(model, finetune, trials[0], gen, device)
+    else:
+        # each trial from the same weights and the same batches; the best on validation is kept
+        start, draws, best = copy.deepcopy(model.state_dict()), gen.get_state(), (-1.0, trials[0], None)
+        for train in trials:
+            model.load_state_dict(start)
+            gen.set_state(draws)
+            _finetune(model, finetune, train, gen, device)
+            auc = _valid_auc(model, valid, device)
+            if auc > best[0]:  # a diverged (NaN) trial is never the best
+                best = (auc, train, copy.deepcopy(model.state_dict()))
+        if best[2] is not None:
+            model.load_state_dict(best[2])
+        trials = [best[1]]
+    run.finetune_lr, run.finetune_embedding_lr = trials[0].lr, trials[0].embedding_lr or trials[0].lr
     return run
+
+
+def finetune_trials(cfg: CandidateConfig, inherited: bool) -> list[TrainConfig]:
+    """The fine-tune settings a candidate tries: each rate of `finetune_lrs` and, for inherited tables,
+    with each table rate of `finetune_embedding_lrs`."""
+    lrs = cfg.finetune_lrs or [cfg.train.lr]
+    table_lrs: list[float | None] = list(cfg.finetune_embedding_lrs or []) if inherited else []
+    return [cfg.train.model_copy(update={"lr": lr, **({"embedding_lr": e} if e is not None else {})})
+            for lr in lrs for e in (table_lrs or [cfg.train.embedding_lr])]
 
 
 def _finetune(model: CTRModel, blocks: list[Block], train: TrainConfig, gen: torch.Generator, device: str) -> None:

@@ -78,6 +78,32 @@ def test_the_fine_tune_rate_best_on_validation_is_kept_and_replays_its_single_ra
     assert default.finetune_lr == CandidateConfig().train.lr
 
 
+def test_the_table_rate_grid_moves_inherited_tables_at_its_rate_and_keeps_the_pair_best_on_validation(tiny_stream):
+    schema, splits, syn, emb = _setup(tiny_stream)
+
+    def tuned(table_lrs, embeddings=emb, distilled=syn):
+        cfg = CandidateConfig(arch=ARCH, distilled_epochs=1, finetune_lrs=[1e-3, 3e-3], finetune_embedding_lrs=table_lrs)
+        return train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid, cfg=cfg, seed=7,
+                               embeddings=embeddings, distilled=distilled)
+
+    table = "table.weight"
+    moved = {e: (tuned([e]).model.embedding.state_dict()[table] - emb[table]).abs().max().item() for e in (1e-6, 1e-2)}
+    assert 0 < moved[1e-6] < 1e-4 < moved[1e-2]  # Adam's step is about its rate, whatever the gradient
+    grid = tuned([1e-6, 1e-2])
+    singles = {(lr, e): train_candidate(
+        "dcn", schema, finetune=[splits.subsequent], valid=splits.valid, seed=7, embeddings=emb, distilled=syn,
+        cfg=CandidateConfig(arch=ARCH, distilled_epochs=1, finetune_lrs=[lr], finetune_embedding_lrs=[e]))
+        for lr in (1e-3, 3e-3) for e in (1e-6, 1e-2)}
+    valid = {k: evaluate(run.model, splits.valid).mean_auc for k, run in singles.items()}
+    winner = max(valid, key=valid.__getitem__)
+    assert (grid.finetune_lr, grid.finetune_embedding_lr) == winner
+    for name, value in grid.model.state_dict().items():
+        assert torch.equal(value, singles[winner].model.state_dict()[name]), name
+    # a candidate that builds its own tables (cold start) ignores the table rates: one trial per rate
+    cold = tuned([1e-6, 1e-2], embeddings=None, distilled=None)
+    assert cold.finetune_embedding_lr == cold.finetune_lr
+
+
 def test_tuned_set_embeddings_train_only_the_table_rows_of_the_set_s_ids(tiny_stream):
     schema, splits, syn, emb = _setup(tiny_stream)
 
