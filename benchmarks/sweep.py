@@ -4,13 +4,17 @@
 
 SPEC.json maps a name to `{"methods": "a,b", "config": {...bench --config overrides...}}`; with
 `"groups": ["full,cold", "diet"]` instead of "methods", each group of methods runs as its own process
+(a group written "full@dcn,wukong" trains only those architectures' candidates: full data's cells, the
+dearest, can so be spread over several processes and merged back per candidate); `"pool": "p5"` gives a
+configuration its own pool (a P5 one that borrows from a P15 one takes the default-size cells)
 and `"with": "OTHER"` merges in OTHER's cells of the methods this one does not run (full data and cold
 start do not depend on the reference, so several configurations can share them);
 (one GPU takes many such processes at once: each is bound by its own kernel launches). Each
 (name, group, seed) runs as its own single-threaded process; results are merged per name into the
 bench's summary (bench.summarise: means over seeds and the fidelity statistics of evaluate/fidelity.py,
 exactly as one multi-seed `diet bench` computes them), printed as one table per configuration and
-written to OUT/sweep.json.
+written to OUT/sweep.json. A run whose folder already holds a results.json is not run again (`--rerun` runs
+it anyway): a sweep stopped part-way is finished by the same command.
 """
 
 from __future__ import annotations
@@ -29,21 +33,25 @@ sys.path.insert(0, str(ROOT))
 
 from diet_engine.evaluate.bench import mean_known, summarise  # noqa: E402
 from diet_engine.evaluate.report import interval_text, share_text, signed_text  # noqa: E402
-from diet_engine.models import MODELS  # noqa: E402
+from diet_engine.evaluate.pool import candidate_pool  # noqa: E402
+from diet_engine.models import MODELS, ModelConfig  # noqa: E402
 
 
 TIMEOUT_S = float(os.environ.get("SWEEP_JOB_TIMEOUT_S", "3600"))
 
 
 def run_one(
-    name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str, pool: str
+    name: str, spec: dict, group: int, seed: int, data: Path, out: Path, models: str, pool: str, rerun: bool = False
 ) -> tuple[str, int, Path, float, int]:
     run_dir = out / f"{name}-g{group}-s{seed}"
+    if (run_dir / "results.json").is_file() and not rerun:
+        return name, seed, run_dir, float("nan"), 0
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = run_dir / "config.json"
     cfg_file.write_text(json.dumps(spec.get("config", {})))
+    methods, _, own_models = groups_of(spec)[group].partition("@")
     cmd = [sys.executable, "-m", "diet_engine", "bench", "--data", str(data), "--out", str(run_dir),
-           "--methods", groups_of(spec)[group], "--models", models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
+           "--methods", methods, "--models", own_models or models, "--pool", pool, "--seed", str(seed), "--seeds", "1",
            "--ratio", str(spec.get("ratio", 0.02)), "--config", str(cfg_file)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DIET_TORCH_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
@@ -53,6 +61,11 @@ def run_one(
         except subprocess.TimeoutExpired:
             rc = -9
     return name, seed, run_dir, time.perf_counter() - t0, rc
+
+
+def pool_of(spec: dict, default: str) -> str:
+    """A configuration's own pool (`"pool": "p5"` in the spec) or the sweep's."""
+    return spec.get("pool", default)
 
 
 def groups_of(spec: dict) -> list[str]:
@@ -66,12 +79,18 @@ def merge(runs: list[tuple[int, dict]]) -> dict:
     seed is listed under `incomplete_seeds`): the statistics compare methods on the same seeds."""
     methods = list(dict.fromkeys(m for _, res in runs for m in res["results"]))
     first = runs[0][1]
-    candidates = first.get("candidates") or list(first["config"]["models"])
+    ran = {k for _, res in runs for k in res.get("candidates") or res["config"]["models"]}
+    # the pool's own order (architectures, then sizes), whichever process trained which candidate
+    order = [c.name for c in candidate_pool(first.get("pool", "p5"), list(MODELS), ModelConfig())]
+    candidates = [k for k in order if k in ran]
     by_seed: dict[str, dict[int, dict[str, dict]]] = {m: {} for m in methods}  # method -> seed -> candidate -> cell
     for _, res in runs:
         for m, row in res["results"].items():
             for i, seed in enumerate(res["seeds"]):
-                by_seed[m][seed] = {k: seed_cell(row[k], i) for k in candidates}
+                by_seed[m].setdefault(seed, {}).update({k: seed_cell(cell, i) for k, cell in row.items()})
+    for per in by_seed.values():  # a seed counts for a method only once every candidate has its cell
+        for seed in [s for s, cells in per.items() if set(cells) != set(candidates)]:
+            del per[seed]
     every = set.intersection(*(set(per) for per in by_seed.values()))
     seeds = sorted(every)
     cells = {m: {k: [by_seed[m][s][k] for s in seeds] for k in candidates} for m in methods}
@@ -134,6 +153,7 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed+seeds-1 (fresh seeds check a choice out of sample)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--pool", default="p5", choices=["p5", "p15"], help="candidate pool (diet bench --pool)")
+    ap.add_argument("--rerun", action="store_true", help="run again the runs that already have a results.json")
     ap.add_argument("--merge-only", action="store_true",
                     help="run nothing: merge the runs already under OUT (a sweep stopped before its end)")
     args = ap.parse_args()
@@ -145,7 +165,8 @@ def main() -> int:
                 for n, s, g, seed in jobs for d in [args.out / f"{n}-g{g}-s{seed}"]]
     else:
         with ThreadPoolExecutor(args.jobs) as pool:
-            done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models, args.pool), jobs))
+            done = list(pool.map(lambda j: run_one(*j, args.data, args.out, args.models, pool_of(j[1], args.pool), args.rerun),
+                                 jobs))
     merged, failures, loaded = {}, [], {}
     for n, seed, run_dir, seconds, rc in done:
         if rc != 0:
@@ -157,11 +178,15 @@ def main() -> int:
     for name, spec in specs.items():
         runs = list(loaded.get(name, []))
         if spec.get("with") in loaded:  # the methods this configuration does not run, from another one's runs
-            own = {m for g in groups_of(spec) for m in g.split(",")}
+            own = {m for g in groups_of(spec) for m in g.partition("@")[0].split(",")}
+            # a P5 configuration may borrow from a P15 one: its default-size cells, which are P5's
+            pool = pool_of(spec, args.pool)
+            mine = {c.name for c in candidate_pool(pool, list(MODELS), ModelConfig())}
             for seed, res in loaded[spec["with"]]:
-                borrowed = {m: r for m, r in res["results"].items() if m not in own}
+                borrowed = {m: {k: c for k, c in r.items() if k in mine} for m, r in res["results"].items() if m not in own}
                 if borrowed:
-                    runs.append((seed, {**res, "results": borrowed}))
+                    kept = [k for k in res.get("candidates") or res["config"]["models"] if k in mine]
+                    runs.append((seed, {**res, "pool": pool, "candidates": kept, "results": borrowed}))
         if runs:
             merged[name] = {**merge(runs), "wall_seconds": [r["wall_seconds"] for _, r in runs],
                             "phases": [r["phases"] for _, r in runs], "spec": specs[name]}

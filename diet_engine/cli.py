@@ -99,7 +99,7 @@ def _csv_list(value: str) -> list[str]:
 def bench(
     data: Path = typer.Option(..., help="a converted stream directory, or the raw ML-100K or ML-1M folder"),
     out: Path = typer.Option(Path("bench-out"), help="where results.json goes"),
-    methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet and the ablations diet_no_mf,diet_no_ts,diet_no_ms,diet_none"),
+    methods: str = typer.Option("full,cold,warmup,random,el2n,kmeans", help="comma-separated: full,cold,warmup,random,el2n,kmeans,diet and the variants diet_no_mf,diet_ts,diet_ms,diet_none,diet_paper,diet_kmeans,diet_pool"),
     models: str = typer.Option("dcn,dcnv2,finalmlp,finalnet,wukong", help="comma-separated architectures the pool is made of"),
     pool: str = typer.Option("p5", help="candidate pool: p5 (each architecture at its default size) or p15 "
                                         "(small, default and large dense parts: NAME-s, NAME, NAME-l)"),

@@ -53,7 +53,10 @@ class DistillConfig(_Config):
     """DIET per stage (DESIGN.md §4). Sizes are fractions of real rows unless named *_rows."""
 
     ratio: float = Field(default=0.02, gt=0, le=1, description="distilled rows / historical rows")
-    # boundary initialisation
+    # boundary initialisation: which real rows of the block start the new memory. "el2n": the paper's Alg. 1
+    # (label-conditioned EL2N window at `el2n_percentile`); "kmeans": the rows nearest k-means centroids of
+    # the block's embeddings (the k-means baseline's rule, distill/kmeans.py), rows that cover the block
+    init: Literal["el2n", "kmeans"] = "el2n"
     el2n_percentile: float = Field(default=0.9, gt=0, lt=1)
     # memory fusion: share of the previous synthetic set kept, by influence
     memory_fusion: bool = True
@@ -61,8 +64,9 @@ class DistillConfig(_Config):
     memory_keep: float = Field(default=0.25, ge=0, le=1)
     # carry kept rows into the current checkpoint's embedding space (memory.reanchor)
     reanchor: bool = True
-    # addressing
-    target_selection: bool = True
+    # addressing. Target selection off: the outer loss is taken on random rows of the block, not on the
+    # hardest tenth under θ_{t-1} (on ML-1M, an i.i.d. stream, those are mostly label noise the set then learnt)
+    target_selection: bool = False
     # off: every synthetic row is active in the inner loop (an outer iteration still differentiates only
     # the rows its window reads, bilevel.py). Top-responsibility active memory
     # (|A| = window x inner steps) cost 0.002-0.003 test AUC on ML-100K in every sweep (benchmarks/README.md)
@@ -78,8 +82,12 @@ class DistillConfig(_Config):
     inner_batch: int = Field(default=64, ge=1, le=MAX_BATCH)
     inner_lr: float = Field(default=0.05, gt=0)
     outer_batch: int = Field(default=1024, ge=1, le=MAX_BATCH)
-    lr_embedding: float = Field(default=1e-2, gt=0)
-    lr_logits: float = Field(default=1e-1, gt=0)
+    # outer Adam rates of the rows and of their logits. Adam moves a row about its rate per step whatever the
+    # meta-gradient's size, and an unread row keeps moving on its momentum: the paper's 1e-2 / 1e-1 turned
+    # ML-1M's real rows into rows that teach a fresh candidate almost nothing (set alone 0.62 against 0.80;
+    # benchmarks/README.md, seventh round). Small rates keep the rows near the real ones they started from
+    lr_embedding: float = Field(default=1e-4, gt=0)
+    lr_logits: float = Field(default=1e-2, gt=0)
     temperature: float = Field(default=2.0, gt=0, description="soft labels are sigmoid(logit / temperature)")
     # where each unroll starts (distill/proxy.py): "previous" = θ_{t-1} (the paper); "pool" = one of
     # `pool_size` fresh proxies of `proxy_models` (empty: the reference's architecture), each training on
@@ -127,14 +135,14 @@ class CandidateConfig(_Config):
     distilled_lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1, max_length=MAX_LR_TRIALS)
     # flatter soft labels: on ML-100K T=2 helped every reduced-data method (3-seed sweep)
     temperature: float = Field(default=2.0, gt=0)
-    # learning rates tried for the fine-tune on the subsequent block, each from the same post-set weights;
-    # the one best on validation is kept (the same rule for every method that fine-tunes). None: `train.lr`
-    finetune_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
-    # rates tried for the *inherited* embedding tables in that fine-tune (a candidate that builds its own
-    # tables, full data and cold start, ignores it): each with each of `finetune_lrs`, the pair best on
-    # validation kept. A fresh Adam at the dense rate moves every table row a batch touches by about that
-    # rate per step, whatever its gradient, and erases what the reference's tables had learned
-    # (benchmarks/README.md, seventh round). None: the fine-tune's own rate for the tables too
+    # learning rates tried for the fine-tune on the subsequent block of every candidate that inherited the
+    # reference's tables (warm-up start and every history set), each from the same post-set weights; the one
+    # best on validation is kept. Full data and cold start build their own tables and train at `train.lr`.
+    # A fresh Adam at 1e-3 moves every inherited table row a batch touches by about 1e-3 a step, whatever
+    # its gradient, and undid what the set taught (ML-1M, benchmarks/README.md, seventh round). None: `train.lr`
+    finetune_lrs: list[float] | None = Field(default_factory=lambda: [1e-3, 3e-4, 1e-4], min_length=1, max_length=8)
+    # rates tried for the inherited tables in that fine-tune, each with each of `finetune_lrs` (the pair best
+    # on validation kept). None: the fine-tune's rate for the tables too
     finetune_embedding_lrs: list[float] | None = Field(default=None, min_length=1, max_length=8)
     # the distilled phase trains the dense part on the set's embeddings ("frozen", the paper), or also the
     # embedding tables through each row's real ids ("tuned": the row is its ids' embedding plus a fixed

@@ -40,7 +40,8 @@ from diet_engine.models.base import CTRModel
 from diet_engine.train.reference import continue_reference, new_reference
 from diet_engine.data.schema import StreamSchema
 from diet_engine.data.synthetic import SyntheticSet
-from diet_engine.train.loops import EVAL_BATCH, copy_to, el2n_scores, lookup_rows, predict_logits
+from diet_engine.distill.kmeans import kmeans_rows
+from diet_engine.train.loops import EVAL_BATCH, copy_to, el2n_scores, embed_rows, lookup_rows, predict_logits
 
 STAGE_JSON = "stage.json"
 
@@ -78,10 +79,16 @@ def boundary_memory(
 ) -> tuple[SyntheticSet, Tensor]:
     """Boundary initialisation (Alg. 1): the chosen rows as (φ_t(x), f_t(x) logits) and their indices.
 
-    Every row is scored from its logits alone, kept where they were computed;
+    With `init="el2n"` every row is scored from its logits alone, kept where they were computed;
     only the chosen rows are embedded (a [N, F, D] copy of the whole block
-    would be the largest tensor of the stage).
+    would be the largest tensor of the stage). `init="kmeans"` clusters that copy.
     """
+    if cfg.init == "kmeans":
+        every = embed_rows(reference, block, device, out_device=None)
+        chosen = kmeans_rows(every.emb, budget, cfg.seed * 7919 + stage).cpu()
+        new = every.take(chosen.to(every.emb.device))
+        new.stage[:] = stage
+        return new, chosen
     logits = predict_logits(reference, block, device, max(EVAL_BATCH, cfg.score_batch), out_device=None)
     scores = el2n_scores(logits, block.labels.to(logits.device))
     # selected where the scores are (a GPU sorts 2.5 M scores in a millisecond); indices come back to the host

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from diet_engine.distill.boundary import boundary_select
 from diet_engine.data.blocks import TensorBlock
-from diet_engine.evaluate.kmeans import minibatch_kmeans, nearest_rows
+from diet_engine.distill.kmeans import kmeans_rows
 from diet_engine.models.base import CTRModel
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.loops import el2n_scores, embed_rows
@@ -34,14 +34,9 @@ def select_el2n(rows: SyntheticSet, labels: Tensor, k: int, percentile: float = 
 
 
 def select_kmeans(rows: SyntheticSet, k: int, seed: int) -> Tensor:
-    """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid.
-
-    Mini-batch k-means on the rows' device (`diet_engine.evaluate.kmeans`); two centroids sharing a
-    nearest row keep it once, so a few rows fewer than k may come back, sorted.
-    """
-    x = rows.emb.detach().reshape(len(rows), -1)
-    with torch.no_grad():
-        return torch.unique(nearest_rows(minibatch_kmeans(x, k, seed), x))
+    """k-means (k = budget) on the flattened reference embeddings; the row nearest each centroid
+    (`diet_engine.distill.kmeans`, on the rows' device; DIET's `init="kmeans"` uses the same rule)."""
+    return kmeans_rows(rows.emb, k, seed)
 
 
 def selected_rows(

@@ -95,10 +95,13 @@ def train_candidate(
 
 
 def finetune_trials(cfg: CandidateConfig, inherited: bool) -> list[TrainConfig]:
-    """The fine-tune settings a candidate tries: each rate of `finetune_lrs` and, for inherited tables,
-    with each table rate of `finetune_embedding_lrs`."""
+    """The fine-tune settings a candidate that inherited the reference's tables tries: each rate of
+    `finetune_lrs` with each table rate of `finetune_embedding_lrs`. A candidate that builds its own
+    tables (full data, cold start) trains once, at `train.lr`, as the reference does."""
+    if not inherited:
+        return [cfg.train]
     lrs = cfg.finetune_lrs or [cfg.train.lr]
-    table_lrs: list[float | None] = list(cfg.finetune_embedding_lrs or []) if inherited else []
+    table_lrs: list[float | None] = list(cfg.finetune_embedding_lrs or [])
     return [cfg.train.model_copy(update={"lr": lr, **({"embedding_lr": e} if e is not None else {})})
             for lr in lrs for e in (table_lrs or [cfg.train.embedding_lr])]
 

@@ -83,6 +83,28 @@ def test_merged_one_seed_runs_give_the_statistics_of_one_multi_seed_run(sweep, c
     assert "cfg (pool P15, seeds [0, 1, 2])" in out and "noise ceiling" in out and "dcn-l" in out
 
 
+def test_a_method_whose_candidates_ran_in_several_processes_merges_per_candidate(sweep):
+    rng = np.random.default_rng(1)
+    cells = {m: {k: [cell(rng, m) for _ in range(2)] for k in CANDIDATES} for m in METHODS}
+    expected = summarise(cells, METHODS, CANDIDATES)
+
+    def part(seed: int, methods: list[str], candidates: list[str]) -> dict:
+        one = {m: {k: [cells[m][k][seed]] for k in candidates} for m in methods}
+        return {"dataset": "tiny", "ratio": 0.05, "pool": "p15", "seeds": [seed], "candidates": candidates,
+                "results": summarise(one, methods, candidates)["results"], "config": {"models": []}, "phases": []}
+
+    # full@wukong first and full@dcn second: the merged candidates keep the pool's order
+    runs = [(s, part(s, ["full"], CANDIDATES[3:])) for s in (0, 1)] + [(s, part(s, ["full"], CANDIDATES[:3])) for s in (0, 1)]
+    runs += [(s, part(s, ["cold", "warmup", "random"], CANDIDATES)) for s in (0, 1)]
+    merged = sweep.merge(runs)
+    assert merged["candidates"] == CANDIDATES and merged["seeds"] == [0, 1]
+    assert merged["kendall_tau"] == pytest.approx(expected["kendall_tau"])
+    assert merged["results"]["full"]["dcn-l"]["auc_seeds"] == expected["results"]["full"]["dcn-l"]["auc_seeds"]
+    # seed 1 of full@dcn missing: that seed is incomplete for every method, not a seed with half a pool
+    partial = sweep.merge([r for r in runs if not (r[0] == 1 and r[1]["candidates"] == CANDIDATES[:3])])
+    assert partial["seeds"] == [0] and partial["incomplete_seeds"] == [1]
+
+
 def test_sweep_runs_its_seeds_as_bench_processes_with_the_pool(sweep, tiny_stream, tmp_path, monkeypatch):
     _, root = tiny_stream
     spec = tmp_path / "spec.json"
@@ -132,4 +154,16 @@ def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny
     assert again.returncode == 0, again.stdout + again.stderr
     remerged = json.loads((out / "sweep.json").read_text())
     assert remerged["small"]["results"] == merged["results"] and remerged["other"]["results"] == other["results"]
+
+    # the same sweep again runs nothing that already has its results (a stopped sweep is finished so); a group
+    # naming its own architectures ("full@wukong") trains only those candidates
+    before = {d.name: (d / "results.json").stat().st_mtime_ns for d in out.iterdir() if d.is_dir()}
+    spec["small"]["groups"].append("full@wukong")
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    third = subprocess.run([sys.executable, str(SWEEP), str(tmp_path / "spec.json"), "--data", str(root), "--out", str(out),
+                            "--seeds", "2", "--jobs", "2", "--models", "dcn,wukong"], capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert {d: (out / d / "results.json").stat().st_mtime_ns for d in before} == before
+    only = json.loads((out / "small-g2-s0" / "results.json").read_text())
+    assert list(only["results"]) == ["full"] and only["candidates"] == ["wukong"]
 

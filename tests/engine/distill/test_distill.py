@@ -22,12 +22,14 @@ from diet_engine.distill import bilevel
 from diet_engine.distill.bilevel import RowAdam, optimise_memory
 from diet_engine.distill.unroll import draw_pick, draw_unroll, inner_unroll, meta_gradient
 from diet_engine.config import DistillConfig, ReferenceConfig
-from diet_engine.distill.stage import distill_stage, memory_budget
+from diet_engine.distill.stage import boundary_memory, distill_stage, memory_budget
+from diet_engine.data.blocks import TensorBlock
+from diet_engine.evaluate.selection import select_kmeans
 from diet_engine.distill.influence import Influence
 from diet_engine.distill.memory import fuse, fusion_weights, reanchor
 from diet_engine.models import ModelConfig, build_model
 from diet_engine.data.synthetic import SyntheticSet
-from diet_engine.train.loops import bce, soft_targets
+from diet_engine.train.loops import bce, embed_rows, soft_targets
 
 from engine_support import tiny_schema
 
@@ -291,6 +293,21 @@ def test_two_stages_from_files_round_trip(tiny_stream, tmp_path):
     assert info.stage == 2 and info.history_rows == 1200 and info.model == "dcn"
     with pytest.raises(ValueError, match="stage 1"):
         distill_stage(schema, root / "h2.parquet", 3, tmp_path / "v3", previous=tmp_path / "v1", reference=ref, config=cfg)
+
+
+def test_kmeans_init_starts_the_memory_from_the_rows_the_kmeans_baseline_keeps(tiny_stream):
+    schema, root = tiny_stream
+    block = TensorBlock.load(root / "h1.parquet", schema)
+    ref = tiny_model()
+    cfg = DistillConfig(ratio=0.05, init="kmeans", seed=3)
+    new, chosen = boundary_memory(ref, block, 2, 30, cfg)
+    every = embed_rows(ref, block)
+    assert torch.equal(chosen, select_kmeans(every, 30, 3 * 7919 + 2)) and 25 <= len(chosen) <= 30
+    # real rows, each under its own ids, with the reference's logits, tagged with the stage
+    assert torch.equal(new.emb, every.emb[chosen]) and torch.equal(new.logits, every.logits[chosen])
+    assert torch.equal(new.src_cat, block.cat[chosen]) and new.stage.eq(2).all()
+    el2n, _ = boundary_memory(ref, block, 2, 30, cfg.model_copy(update={"init": "el2n"}))
+    assert len(el2n) == 30 and not torch.equal(el2n.src_cat[: len(new)], new.src_cat)
 
 
 def test_the_optimiser_state_is_a_file_of_its_own_and_older_versions_still_continue(tiny_stream, tmp_path):

@@ -22,7 +22,7 @@ def small_config(data, out, **kw) -> BenchConfig:
 
 def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp_path):
     _, root = tiny_stream
-    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts"]
+    methods = ["full", "cold", "warmup", "random", "el2n", "kmeans", "diet", "diet_ts"]
     first = run_bench(small_config(root, tmp_path / "a", methods=methods, seeds=2))
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert saved["dataset"] == "tiny" and saved["ratio"] == 0.05
@@ -46,9 +46,9 @@ def test_bench_writes_the_documented_results_and_repeats_itself(tiny_stream, tmp
             assert alone is None and valid is None
         else:
             assert 0.0 <= alone <= 1.0 and 0.0 <= valid <= 1.0
-    assert set(saved["set_alone"]) == {"random", "el2n", "kmeans", "diet", "diet_no_ts"}
+    assert set(saved["set_alone"]) == {"random", "el2n", "kmeans", "diet", "diet_ts"}
     assert saved["set_alone"]["diet"] == pytest.approx(sum(saved["results"]["diet"][k]["set_only_auc"] for k in ("dcn", "finalnet")) / 2)
-    assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_no_ts")
+    assert saved["best_reduced"] in ("warmup", "random", "el2n", "kmeans", "diet", "diet_ts")
     # the fidelity statistics (evaluate/fidelity.py), per method, on the pool P5 = the two models here
     assert saved["pool"] == "p5" and saved["candidates"] == ["dcn", "finalnet"]
     for key in ("mean_auc", "spearman_rho", "spearman_rho_interval", "top1_regret", "warmup_gap_recovered", "interval_widened"):

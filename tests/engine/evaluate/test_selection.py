@@ -1,7 +1,7 @@
 import torch
 
 from diet_engine.distill.boundary import boundary_select, label_groups, percentile_window, split_budget
-from diet_engine.evaluate.kmeans import _cluster_sums, minibatch_kmeans, nearest_rows
+from diet_engine.distill.kmeans import _cluster_sums, minibatch_kmeans, nearest_rows
 from diet_engine.evaluate.selection import select_kmeans, select_random
 from diet_engine.data.synthetic import SyntheticSet
 from diet_engine.train.loops import el2n_scores

@@ -99,9 +99,14 @@ def test_the_table_rate_grid_moves_inherited_tables_at_its_rate_and_keeps_the_pa
     assert (grid.finetune_lr, grid.finetune_embedding_lr) == winner
     for name, value in grid.model.state_dict().items():
         assert torch.equal(value, singles[winner].model.state_dict()[name]), name
-    # a candidate that builds its own tables (cold start) ignores the table rates: one trial per rate
+    # a candidate that builds its own tables (cold start, full data) ignores both grids: it trains once, at
+    # the training rate, and so exactly as with no grid at all
     cold = tuned([1e-6, 1e-2], embeddings=None, distilled=None)
-    assert cold.finetune_embedding_lr == cold.finetune_lr
+    assert cold.finetune_lr == cold.finetune_embedding_lr == CandidateConfig().train.lr
+    plain = train_candidate("dcn", schema, finetune=[splits.subsequent], valid=splits.valid, seed=7,
+                            cfg=CandidateConfig(arch=ARCH, distilled_epochs=1))
+    for name, value in cold.model.state_dict().items():
+        assert torch.equal(value, plain.model.state_dict()[name]), name
 
 
 def test_tuned_set_embeddings_train_only_the_table_rows_of_the_set_s_ids(tiny_stream):

@@ -115,3 +115,11 @@ def nearest_rows(centres: Tensor, x: Tensor) -> Tensor:
         best = torch.where(better, value, best)
         where = torch.where(better, arg + start, where)
     return where
+
+
+def kmeans_rows(x: Tensor, k: int, seed: int) -> Tensor:
+    """Sorted indices of the rows of `x` [N, ...] nearest each of k mini-batch k-means centroids on the flattened
+    rows; two centroids sharing a nearest row keep it once, so a few rows fewer than k may come back."""
+    flat = x.detach().reshape(len(x), -1)
+    with torch.no_grad():
+        return torch.unique(nearest_rows(minibatch_kmeans(flat, k, seed), flat))
