@@ -167,3 +167,22 @@ def test_method_groups_of_one_configuration_merge_into_one_summary_per_seed(tiny
     only = json.loads((out / "small-g2-s0" / "results.json").read_text())
     assert list(only["results"]) == ["full"] and only["candidates"] == ["wukong"]
 
+
+
+def test_a_p5_configuration_borrows_the_default_size_cells_of_a_p15_one(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    spec = {"big": {"groups": ["full,random"], "ratio": 0.05, "config": SMALL},
+            "small": {"pool": "p5", "with": "big", "groups": ["warmup"], "ratio": 0.05, "config": SMALL}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SWEEP), str(tmp_path / "spec.json"), "--data", str(root), "--out", str(out),
+                           "--seeds", "1", "--jobs", "2", "--models", "dcn,wukong", "--pool", "p15"],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    merged = json.loads((out / "sweep.json").read_text())
+    assert merged["big"]["candidates"] == CANDIDATES and merged["small"]["candidates"] == ["dcn", "wukong"]
+    assert merged["small"]["pool"] == "p5" and set(merged["small"]["results"]) == {"full", "random", "warmup"}
+    for method in ("full", "random"):
+        for model in ("dcn", "wukong"):
+            assert merged["small"]["results"][method][model] == merged["big"]["results"][method][model]
+    assert json.loads((out / "small-g0-s0" / "results.json").read_text())["candidates"] == ["dcn", "wukong"]
