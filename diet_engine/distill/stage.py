@@ -139,7 +139,7 @@ def distill_in_memory(
     n_new, n_keep = memory_budget(history_rows, len(previous) if previous else 0, cfg)
     reference = module_on(reference, device)
 
-    # 1. boundary initialisation: EL2N at checkpoint t, label-conditioned window
+    # 1. boundary initialisation at checkpoint t: the label-conditioned EL2N window (or k-means rows, `init`)
     t0 = time.perf_counter()
     report(StageProgress(phase="boundary", step=0, total=1))
     new, chosen = boundary_memory(reference, block, stage, n_new, cfg, device)
