@@ -9,6 +9,8 @@ with the per-seed values kept.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import resource
 import statistics
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from diet_engine.dataset.artifacts import load_reference, save_reference
 from diet_engine.train.candidate import train_candidate
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig
 from diet_engine.data.convert.ml_100k import ML100K_SCHEMA, convert_ml100k, is_ml100k_dir
@@ -77,6 +80,9 @@ class BenchConfig(BaseModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     # where every phase runs (reference, selection, distillation, candidates): "cpu", "cuda", "cuda:1" ...
     device: str = "cpu"
+    # a folder where each seed's reference checkpoints are kept (safetensors): processes of a sweep that
+    # run other methods on the same data, reference settings and seed train it once and load it after
+    reference_cache: Path | None = None
 
 
 class Splits:
@@ -158,6 +164,49 @@ def history_sets(
             sets[method] = syn
             phases[method] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "stages": stages}
     return sets
+
+
+def train_references(splits: Splits, cfg: ReferenceConfig, device: str) -> list[CTRModel]:
+    """Checkpoints 0..T: the random start, then one epoch on each historical block."""
+    refs = [copy_to(new_reference(splits.schema, cfg), device)]
+    for t, block in enumerate(splits.history, 1):
+        refs.append(continue_reference(refs[-1], block, cfg, t, device))
+    return refs
+
+
+def reference_checkpoints(
+    splits: Splits, root: Path, cfg: ReferenceConfig, device: str, cache: Path | None
+) -> tuple[list[CTRModel], bool]:
+    """The reference's checkpoints, and whether they came from `cache` (trained there first if absent).
+
+    The cache key is the historical blocks' bytes, the reference settings (seed included) and the device
+    type; a lock makes a second process of the same key wait for the first instead of training it again.
+    Loaded checkpoints hold the trained weights bit for bit, so every method builds the same sets.
+    """
+    if cache is None:
+        return train_references(splits, cfg, device), False
+    digest = hashlib.sha256(json.dumps([cfg.model_dump(mode="json"), torch.device(device).type]).encode())
+    for name in splits.schema.splits.history:
+        digest.update((root / f"{name}.parquet").read_bytes())
+    folder = cache / digest.hexdigest()[:20]
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"t{t}.safetensors" for t in range(len(splits.history) + 1)]
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(f.is_file() for f in files):
+            with torch.random.fork_rng(devices=[]):  # building the empty models draws weights: not the caller's
+                refs = [copy_to(load_reference(f)[0], device) for f in files]
+            for model in refs[1:]:
+                model.eval()  # as continue_reference returns them; checkpoint 0 stays as built
+            return refs, True
+        refs = train_references(splits, cfg, device)
+        rows = 0
+        for t, (model, path) in enumerate(zip(refs, files)):
+            rows += len(splits.history[t - 1]) if t else 0
+            tmp = path.with_suffix(".tmp")
+            save_reference(tmp, model, cfg.arch, t, rows)
+            tmp.replace(path)  # whole files only: a process killed mid-write leaves no checkpoint behind
+        return refs, False
 
 
 def run_cell(
@@ -277,10 +326,8 @@ def run_bench(cfg: BenchConfig, on_cell: Callable[[str], None] | None = None) ->
         # full data and cold start build their own tables: a run of those alone trains no reference
         if set(cfg.methods) - set(SCRATCH_METHODS):
             ref_cfg = cfg.reference.model_copy(update={"seed": seed})
-            refs = [copy_to(new_reference(schema, ref_cfg), cfg.device)]
-            for t, block in enumerate(splits.history, 1):
-                refs.append(continue_reference(refs[-1], block, ref_cfg, t, cfg.device))
-            phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+            refs, cached = reference_checkpoints(splits, root, ref_cfg, cfg.device, cfg.reference_cache)
+            phase["reference"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "cached": cached}
         sets = history_sets(cfg.methods, splits, refs, cfg.ratio, cfg.distill, seed, phase, cfg.device)
         for method in cfg.methods:
             for candidate in pool:

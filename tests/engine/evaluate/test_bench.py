@@ -156,3 +156,23 @@ def test_bench_runs_every_phase_on_the_gpu_and_repeats_itself(tiny_stream, tmp_p
     # an H200 against 0.598 on the CPU), so the cells are compared on the whole and each only loosely
     assert statistics.fmean(gpu_aucs) == pytest.approx(statistics.fmean(cpu_aucs), abs=0.03)
     assert max(abs(g - c) for g, c in zip(gpu_aucs, cpu_aucs)) < 0.2
+
+
+def test_a_reference_cache_trains_each_seed_once_and_changes_no_number(tiny_stream, tmp_path):
+    _, root = tiny_stream
+    methods = ["warmup", "random", "diet"]
+    plain = run_bench(small_config(root, tmp_path / "plain", methods=methods, candidate_repeats=1))
+    cache = tmp_path / "refs"
+    first = run_bench(small_config(root, tmp_path / "a", methods=methods, candidate_repeats=1, reference_cache=cache))
+    again = run_bench(small_config(root, tmp_path / "b", methods=methods, candidate_repeats=1, reference_cache=cache))
+    assert [p["reference"]["cached"] for p in (plain["phases"][0], first["phases"][0], again["phases"][0])] == [False, False, True]
+    assert len(list(cache.glob("*/t*.safetensors"))) == 3  # checkpoints 0..2 of the tiny stream, one seed
+    def untimed(run):
+        return {m: {k: {f: v for f, v in cell.items() if f != "train_seconds"} for k, cell in row.items()}
+                for m, row in run["results"].items()}
+
+    for run in (first, again):
+        assert untimed(run) == untimed(plain)
+    # another reference seed is another entry, not a hit
+    other = run_bench(small_config(root, tmp_path / "c", methods=["warmup"], candidate_repeats=1, reference_cache=cache, seed=1))
+    assert other["phases"][0]["reference"]["cached"] is False and len(list(cache.iterdir())) == 2
