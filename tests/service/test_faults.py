@@ -190,6 +190,35 @@ def big_block(source: Path, dest: Path, copies: int = 8) -> Path:
     return dest
 
 
+class HeldUpload:
+    """A client upload in a thread that stops once, after `after_bytes`, until `finish`: meanwhile a test
+    kills the API it is writing to. `finish` lets it go on (it retries) and returns what it uploaded."""
+
+    def __init__(self, base_url: str, stream: str, block: Path, after_bytes: int) -> None:
+        self.paused, self.resume, self.outcome = threading.Event(), threading.Event(), {}
+
+        def hold(done: int, total: int) -> None:
+            if done >= after_bytes and not self.paused.is_set():  # the first attempt only
+                self.paused.set()
+                assert self.resume.wait(60)
+
+        def push() -> None:
+            try:
+                with DietClient(base_url, BOOTSTRAP_TOKEN, retries=8, backoff_s=0.25, max_backoff_s=2) as diet:
+                    self.outcome["upload"] = diet.upload_block(stream, block, on_progress=hold)
+            except Exception as exc:  # shown by finish's assertion
+                self.outcome["error"] = exc
+
+        self.thread = threading.Thread(target=push)
+        self.thread.start()
+
+    def finish(self):
+        self.resume.set()
+        self.thread.join(60)
+        assert "error" not in self.outcome, self.outcome.get("error")
+        return self.outcome["upload"]
+
+
 def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds(
     tmp_path, processes, postgres_url, redis_prefix, ml100k_dir, ml100k_schema
 ):
@@ -206,25 +235,8 @@ def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
 
-    paused, resume = threading.Event(), threading.Event()
-
-    def hold_after_the_first_chunk(done: int, total: int) -> None:
-        if done >= CHUNK and not paused.is_set():  # the first attempt only
-            paused.set()
-            assert resume.wait(60)
-
-    outcome: dict[str, object] = {}
-
-    def push() -> None:
-        try:
-            with DietClient(base_url, BOOTSTRAP_TOKEN, retries=8, backoff_s=0.25, max_backoff_s=2) as diet:
-                outcome["upload"] = diet.upload_block("s", block, on_progress=hold_after_the_first_chunk)
-        except Exception as exc:  # shown by the assertion below
-            outcome["error"] = exc
-
-    uploader = threading.Thread(target=push)
-    uploader.start()
-    assert paused.wait(30)
+    held = HeldUpload(base_url, "s", block, after_bytes=CHUNK)
+    assert held.paused.wait(30)
     # The API is writing the body to a temporary blob: kill it there.
     partial = poll(lambda: [p for p in (bucket / "tmp").glob("*") if p.stat().st_size > 0], 10)
     api.kill()
@@ -239,10 +251,7 @@ def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds
     assert not orphan.exists(), "the abandoned upload was not swept when the API started"
     assert files_under(bucket) == ["diet-storage.txt"]
 
-    resume.set()  # the client's next write meets the dead connection; it retries against the new API
-    uploader.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    uploaded = outcome["upload"]
+    uploaded = held.finish()  # the client's next write meets the dead connection; it retries against the new API
     assert uploaded.created and uploaded.block.sha256 == hashlib.sha256(block.read_bytes()).hexdigest()
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert [b["id"] for b in c.get("/blocks", params={"stream": "s"}).json()["items"]] == [uploaded.block.id]

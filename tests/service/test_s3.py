@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
 import time
 
 import httpx
@@ -32,7 +31,7 @@ from service_support import (
     worker_process,
 )
 from test_e2e import wait_for_job
-from test_faults import big_block, poll
+from test_faults import HeldUpload, big_block, poll
 from test_worker import TINY_REFERENCE
 
 from diet_client import DietClient
@@ -119,25 +118,8 @@ def test_the_api_killed_mid_upload_to_s3_leaves_nothing_and_the_retry_succeeds(
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
 
-    paused, resume = threading.Event(), threading.Event()
-
-    def hold_after_two_chunks(done: int, total: int) -> None:
-        if done >= 2 * CHUNK and not paused.is_set():  # the first attempt only
-            paused.set()
-            assert resume.wait(60)
-
-    outcome: dict[str, object] = {}
-
-    def push() -> None:
-        try:
-            with DietClient(base_url, BOOTSTRAP_TOKEN, retries=8, backoff_s=0.25, max_backoff_s=2) as diet:
-                outcome["upload"] = diet.upload_block("s", block, on_progress=hold_after_two_chunks)
-        except Exception as exc:  # shown by the assertion below
-            outcome["error"] = exc
-
-    uploader = threading.Thread(target=push)
-    uploader.start()
-    assert paused.wait(30)
+    held = HeldUpload(base_url, "s", block, after_bytes=2 * CHUNK)
+    assert held.paused.wait(30)
     time.sleep(0.5)  # the API has the first chunks in hand
     api.kill()
     assert s3_bucket.keys() == [MARKER]  # nothing half-written is visible (an object exists once whole)
@@ -145,10 +127,7 @@ def test_the_api_killed_mid_upload_to_s3_leaves_nothing_and_the_retry_succeeds(
     again = api_process("api-again", env, tmp_path, port)
     processes.append(again)
     again.wait_healthy(base_url)
-    resume.set()
-    uploader.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    uploaded = outcome["upload"]
+    uploaded = held.finish()
     assert uploaded.created and uploaded.block.sha256 == hashlib.sha256(block.read_bytes()).hexdigest()
     assert s3_bucket.keys() == [f"blocks/s/{uploaded.block.sha256}.parquet", MARKER]
 
