@@ -168,9 +168,12 @@ def api_process(name: str, env: dict[str, str], log_dir: Path, port: int) -> Pro
     return Process(name, command, env, log_dir)
 
 
-def start_api(env: dict[str, str], log_dir: Path, processes: list[Process], name: str = "api") -> tuple[Process, str]:
-    """A deployed API on a free port, registered for clean-up and answering /healthz: (process, base URL)."""
-    port = free_port()
+def start_api(
+    env: dict[str, str], log_dir: Path, processes: list[Process], name: str = "api", port: int | None = None
+) -> tuple[Process, str]:
+    """A deployed API on `port` (a free one by default), registered for clean-up and answering /healthz:
+    (process, base URL). An API restarted on its predecessor's port is where that one's clients retry."""
+    port = port or free_port()
     base_url = f"http://127.0.0.1:{port}"
     api = api_process(name, env, log_dir, port)
     processes.append(api)

@@ -27,7 +27,6 @@ from service_support import (
     PARQUET,
     REDIS_URL,
     Process,
-    api_process,
     client,
     deployed_env,
     expect_problem,
@@ -226,10 +225,7 @@ def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds
     env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix, tmp_max_age_s=max_age)
     migrate.upgrade(postgres_url)
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
-    processes.append(api)
-    api.wait_healthy(base_url)
+    api, base_url = start_api(env, tmp_path, processes, port=port)
     bucket = tmp_path / "bucket"
     block = big_block(ml100k_dir / "b1.parquet", tmp_path / "big.parquet")
     with client(base_url, BOOTSTRAP_TOKEN) as c:
@@ -243,9 +239,7 @@ def test_the_api_killed_mid_upload_leaves_nothing_and_the_clients_retry_succeeds
     [orphan] = partial
     time.sleep(max(0.0, orphan.stat().st_mtime + max_age + 0.2 - time.time()))
 
-    again = api_process("api-again", env, tmp_path, port)
-    processes.append(again)
-    again.wait_healthy(base_url)
+    start_api(env, tmp_path, processes, "api-again", port=port)
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert c.get("/blocks", params={"stream": "s"}).json()["items"] == []  # no block row
     assert not orphan.exists(), "the abandoned upload was not swept when the API started"
@@ -263,11 +257,7 @@ def test_two_uploads_of_the_same_bytes_at_once_make_one_block(
 ):
     env = deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix)
     migrate.upgrade(postgres_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
-    processes.append(api)
-    api.wait_healthy(base_url)
+    api, base_url = start_api(env, tmp_path, processes)
     block = big_block(ml100k_dir / "b2.parquet", tmp_path / "big.parquet")
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201

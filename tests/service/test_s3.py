@@ -21,7 +21,6 @@ from service_support import (
     PARQUET,
     REDIS_URL,
     ThreadedService,
-    api_process,
     client,
     deployed_env,
     embedded_settings,
@@ -110,10 +109,7 @@ def test_the_api_killed_mid_upload_to_s3_leaves_nothing_and_the_retry_succeeds(
     env = {**deployed_env(tmp_path, postgres_url, REDIS_URL, redis_prefix), **s3_bucket.env()}
     migrate.upgrade(postgres_url)
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    api = api_process("api", env, tmp_path, port)
-    processes.append(api)
-    api.wait_healthy(base_url)
+    api, base_url = start_api(env, tmp_path, processes, port=port)
     block = big_block(ml100k_dir / "b1.parquet", tmp_path / "big.parquet")
     with client(base_url, BOOTSTRAP_TOKEN) as c:
         assert c.post("/streams", json={"name": "s", "schema": ml100k_schema}).status_code == 201
@@ -124,9 +120,7 @@ def test_the_api_killed_mid_upload_to_s3_leaves_nothing_and_the_retry_succeeds(
     api.kill()
     assert s3_bucket.keys() == [MARKER]  # nothing half-written is visible (an object exists once whole)
 
-    again = api_process("api-again", env, tmp_path, port)
-    processes.append(again)
-    again.wait_healthy(base_url)
+    start_api(env, tmp_path, processes, "api-again", port=port)
     uploaded = held.finish()
     assert uploaded.created and uploaded.block.sha256 == hashlib.sha256(block.read_bytes()).hexdigest()
     assert s3_bucket.keys() == [f"blocks/s/{uploaded.block.sha256}.parquet", MARKER]
