@@ -5,7 +5,7 @@
 SPEC.json: {"sets": {NAME: {"method": "random"|"kmeans"|...|"diet"|"warmup", "distill": {...}}},
             "protocols": {NAME: {...CandidateConfig fields...}}, "models": ["dcn", "wukong"],
             "reference": {...ReferenceConfig fields...}}
-The reference is trained once (cached beside `--out`); each set is built from its checkpoints as
+The reference is trained once (kept in `reference-cache/` beside `--out`, as bench.reference_checkpoints keeps it); each set is built from its checkpoints as
 `diet bench` builds it (bench.history_sets) and each (set, protocol, model) cell is trained and tested by
 bench.run_cell. One seed, one candidate a cell: a screen for the levers a multi-seed sweep then measures.
 Prints one line per cell (test AUC, the set-alone AUC, the fine-tune rate chosen) and writes them all to --out.
@@ -19,26 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diet_engine.config import CandidateConfig, DistillConfig, ReferenceConfig  # noqa: E402
-from diet_engine.evaluate.bench import BenchConfig, Splits, history_sets, prepare_data, run_cell  # noqa: E402
-from diet_engine.train.loops import copy_to  # noqa: E402
-from diet_engine.train.reference import continue_reference, new_reference  # noqa: E402
-
-
-def references(splits: Splits, cfg: ReferenceConfig, device: str, cache: Path) -> list:
-    """Checkpoints 0..T of the reference, trained once and kept in `cache`."""
-    if cache.is_file():
-        return torch.load(cache, weights_only=False, map_location=device)
-    refs = [copy_to(new_reference(splits.schema, cfg), device)]
-    for t, block in enumerate(splits.history, 1):
-        refs.append(continue_reference(refs[-1], block, cfg, t, device))
-    torch.save(refs, cache)
-    return refs
+from diet_engine.evaluate.bench import BenchConfig, Splits, history_sets, prepare_data, reference_checkpoints, run_cell  # noqa: E402
 
 
 def main() -> int:
@@ -54,8 +39,9 @@ def main() -> int:
     splits = Splits(schema, root, args.device)
     ref_cfg = ReferenceConfig(**{**spec.get("reference", {}), "seed": args.seed})
     t0 = time.perf_counter()
-    refs = references(splits, ref_cfg, args.device, args.out.with_suffix(f".refs-{ref_cfg.model}-s{args.seed}.pt"))
-    print(f"reference {ref_cfg.model}: {time.perf_counter() - t0:.0f} s", flush=True)
+    # the bench's own cache (safetensors per checkpoint, keyed by data, settings and seed) beside --out
+    refs, cached = reference_checkpoints(splits, root, ref_cfg, args.device, args.out.parent / "reference-cache")
+    print(f"reference {ref_cfg.model}: {time.perf_counter() - t0:.0f} s{' (cached)' if cached else ''}", flush=True)
     rows = []
     for set_name, set_spec in spec["sets"].items():
         method, distill = set_spec.get("method", "diet"), DistillConfig(**set_spec.get("distill", {}))
